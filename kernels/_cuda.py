@@ -1,0 +1,31 @@
+"""Launch helpers shared by the cuda.py files (imported only when a CUDA device is used)."""
+import numpy as np
+from numba import cuda
+
+THREADS = 256
+
+
+def grid1d(n, threads=THREADS):
+    """(blocks, threads) covering n items, at least one block."""
+    return max(1, (int(n) + threads - 1) // threads), threads
+
+
+def grid2d(ny, nx, ty=16, tx=16):
+    """((blocks_x, blocks_y), (tx, ty)) covering an ny x nx grid; x is the fast axis."""
+    return (max(1, (int(nx) + tx - 1) // tx), max(1, (int(ny) + ty - 1) // ty)), (tx, ty)
+
+
+def empty(shape, dtype):
+    return cuda.device_array(shape, dtype=np.dtype(dtype))
+
+
+def zeros(shape, dtype):
+    a = cuda.device_array(shape, dtype=np.dtype(dtype))
+    if a.size:
+        _fill_launch(a, 0.0)
+    return a
+
+
+def _fill_launch(a, value):
+    from nbdl.kernels.elementwise.cuda import fill
+    fill(a, value)

@@ -1,0 +1,150 @@
+"""CPU elementwise family.
+
+These are numpy's own ufuncs and reductions: they are already compiled and
+vectorized, their results are deterministic (numpy's pairwise summation runs in a
+fixed order), and an @njit copy would add compile time for every
+shape/rank/layout combination without making a memory-bound loop faster. The
+compute-heavy families (conv, pool, softmax, rnn, ...) are the @njit kernels.
+"""
+import numpy as np
+
+from nbdl.kernels._checks import check_array
+from nbdl.kernels.elementwise import check_binary, reduced_axes_for
+
+
+def add(a, b):
+    """a + b, broadcast."""
+    check_binary("add", a, b)
+    return np.add(a, b)
+
+
+def sub(a, b):
+    """a - b, broadcast."""
+    check_binary("sub", a, b)
+    return np.subtract(a, b)
+
+
+def mul(a, b):
+    """a * b, broadcast."""
+    check_binary("mul", a, b)
+    return np.multiply(a, b)
+
+
+def div(a, b):
+    """a / b, broadcast (IEEE: x/0 = inf)."""
+    check_binary("div", a, b)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.true_divide(a, b).astype(a.dtype, copy=False)
+
+
+def scale(x, alpha):
+    """alpha * x (a new array of x's dtype)."""
+    return np.multiply(x, x.dtype.type(alpha))
+
+
+def axpy(alpha, x, y):
+    """y += alpha * x, in place."""
+    check_binary("axpy", x, y)
+    y += x.dtype.type(alpha) * x
+    return y
+
+
+def pow_scalar(x, p):
+    """x ** p elementwise."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.power(x, x.dtype.type(p))
+
+
+def exp(x):
+    """e ** x elementwise."""
+    with np.errstate(over="ignore"):
+        return np.exp(x)
+
+
+def log(x):
+    """Natural log elementwise (log 0 = -inf)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.log(x)
+
+
+def sqrt(x):
+    """Square root elementwise."""
+    with np.errstate(invalid="ignore"):
+        return np.sqrt(x)
+
+
+def abs(x):
+    """|x| elementwise."""
+    return np.abs(x)
+
+
+def sign(x):
+    """sign(x) in {-1, 0, 1} elementwise."""
+    return np.sign(x)
+
+
+def sum_axes(x, axes, keepdims):
+    """Sum over ``axes`` (a tuple of non-negative ints)."""
+    check_array("sum_axes", "x", x, contiguous=False)
+    return np.ascontiguousarray(np.sum(x, axis=tuple(axes), keepdims=keepdims))
+
+
+def sum_to_shape(g, shape):
+    """Sum ``g`` over its broadcast axes so the result has ``shape``."""
+    shape = tuple(shape)
+    if tuple(g.shape) == shape:
+        return g
+    axes = reduced_axes_for(g.shape, shape)
+    return np.ascontiguousarray(np.sum(g, axis=axes).reshape(shape))
+
+
+def broadcast_to(x, shape):
+    """A contiguous copy of x broadcast to ``shape``."""
+    return np.ascontiguousarray(np.broadcast_to(x, tuple(shape)))
+
+
+def permute(x, perm):
+    """A contiguous copy with axes reordered by ``perm``."""
+    return np.ascontiguousarray(np.transpose(x, perm))
+
+
+def copy(x):
+    """A C-contiguous copy of x."""
+    return np.array(x, copy=True, order="C")
+
+
+def copy_into(dst, src):
+    """dst[...] = src (same shape and dtype)."""
+    check_array("copy_into", "src", src, shape=tuple(dst.shape), dtype=dst.dtype, contiguous=False)
+    dst[...] = src
+    return dst
+
+
+def cast(x, dtype):
+    """x converted to ``dtype`` (a new array)."""
+    return x.astype(dtype)
+
+
+def fill(x, value):
+    """x[...] = value, in place."""
+    x[...] = value
+    return x
+
+
+def zeros(shape, dtype):
+    """A new zero array of ``shape`` and ``dtype``."""
+    return np.zeros(shape, dtype=dtype)
+
+
+def take_rows(x, idx):
+    """x[idx] along axis 0; idx is an int64 array of valid row indices."""
+    check_array("take_rows", "idx", idx, ndim=1, dtype=np.int64)
+    return np.ascontiguousarray(np.take(x, idx, axis=0))
+
+
+def scatter_add_rows(g, idx, n):
+    """The gradient of take_rows: zeros of n rows with g[j] added into row idx[j] (in order)."""
+    check_array("scatter_add_rows", "idx", idx, ndim=1, dtype=np.int64, shape=(g.shape[0],))
+    out = np.zeros((n,) + tuple(g.shape[1:]), dtype=g.dtype)
+    np.add.at(out, idx, g)
+    return out

@@ -1,0 +1,197 @@
+"""Tensor, autograd and the elementwise/linalg kernels behind its operators."""
+import numpy as np
+import pytest
+
+import nbdl
+from gradcheck import gradcheck
+
+
+def T(a, device, grad=False, dtype=np.float64):
+    return nbdl.tensor(np.asarray(a, dtype=dtype), device=device, requires_grad=grad)
+
+
+# --- forward against numpy -----------------------------------------------------------
+
+@pytest.mark.parametrize("shapes", [((3, 4), (3, 4)), ((3, 4), (4,)), ((2, 1, 4), (3, 1)), ((), (2, 3))])
+def test_binary_ops_broadcast_like_numpy(device, rng, shapes):
+    a, b = rng.standard_normal(shapes[0]), rng.standard_normal(shapes[1]) + 3.0
+    ta, tb = T(a, device), T(b, device)
+    np.testing.assert_allclose((ta + tb).numpy(), a + b)
+    np.testing.assert_allclose((ta - tb).numpy(), a - b)
+    np.testing.assert_allclose((ta * tb).numpy(), a * b)
+    np.testing.assert_allclose((ta / tb).numpy(), a / b)
+    np.testing.assert_allclose((2.0 - ta).numpy(), 2.0 - a)
+    np.testing.assert_allclose((-ta).numpy(), -a)
+
+
+def test_unary_and_reductions_like_numpy(device, rng):
+    a = rng.random((2, 3, 4)) + 0.5
+    t = T(a, device)
+    np.testing.assert_allclose(t.exp().numpy(), np.exp(a))
+    np.testing.assert_allclose(t.log().numpy(), np.log(a))
+    np.testing.assert_allclose(t.sqrt().numpy(), np.sqrt(a))
+    np.testing.assert_allclose((t ** 3).numpy(), a ** 3)
+    np.testing.assert_allclose(t.sum().numpy(), a.sum())
+    np.testing.assert_allclose(t.sum(axis=1).numpy(), a.sum(axis=1))
+    np.testing.assert_allclose(t.sum(axis=(0, 2), keepdims=True).numpy(), a.sum(axis=(0, 2), keepdims=True))
+    np.testing.assert_allclose(t.mean(axis=-1).numpy(), a.mean(axis=-1))
+    np.testing.assert_allclose(t.transpose(0, 2).numpy(), a.transpose(2, 1, 0))
+    np.testing.assert_allclose(t.permute(1, 2, 0).numpy(), a.transpose(1, 2, 0))
+    np.testing.assert_allclose(t.reshape(6, -1).numpy(), a.reshape(6, 4))
+    np.testing.assert_allclose(t.flatten(1).numpy(), a.reshape(2, 12))
+    np.testing.assert_array_equal(t.argmax(axis=2).numpy(), a.argmax(axis=2))
+
+
+def test_matmul_like_numpy(device, rng):
+    a, b = rng.standard_normal((5, 7)), rng.standard_normal((7, 3))
+    np.testing.assert_allclose((T(a, device) @ T(b, device)).numpy(), a @ b, rtol=1e-12)
+    a3 = rng.standard_normal((2, 5, 7))
+    np.testing.assert_allclose((T(a3, device) @ T(b, device)).numpy(), a3 @ b, rtol=1e-12)
+
+
+def test_indexing_batch_axis(device, rng):
+    a = rng.standard_normal((6, 3))
+    t = T(a, device)
+    np.testing.assert_allclose(t[2].numpy(), a[2])
+    np.testing.assert_allclose(t[-1].numpy(), a[-1])
+    np.testing.assert_allclose(t[1:4].numpy(), a[1:4])
+    np.testing.assert_allclose(t[::2].numpy(), a[::2])
+    np.testing.assert_allclose(t[[5, 0, 5]].numpy(), a[[5, 0, 5]])
+    np.testing.assert_allclose(t[np.array([True, False] * 3)].numpy(), a[::2])
+    with pytest.raises(IndexError, match="out of range"):
+        t[6]
+    with pytest.raises(IndexError, match="out of range"):
+        t[[0, 9]]
+
+
+# --- gradients ------------------------------------------------------------------------
+
+def test_gradcheck_arithmetic_with_broadcasting(device, rng):
+    a = T(rng.standard_normal((3, 4)), device, grad=True)
+    b = T(rng.standard_normal((4,)) + 3.0, device, grad=True)
+    c = T(rng.random((3, 1)) + 0.5, device, grad=True)
+    n = 3 if device == "cuda" else None
+    gradcheck(lambda a, b, c: (a * b - c) / b + c.exp() * a ** 2, [a, b, c], n_directions=n)
+
+
+def test_gradcheck_reductions_and_shapes(device, rng):
+    a = T(rng.random((2, 3, 4)) + 0.5, device, grad=True)
+    n = 3 if device == "cuda" else None
+    gradcheck(lambda a: a.log().sum(axis=1) + a.sqrt().mean(axis=(0, 1), keepdims=True).reshape(1, 4), [a],
+              n_directions=n)
+    gradcheck(lambda a: a.permute(2, 0, 1).flatten(1) * 2.0 - a.transpose(0, 2).reshape(4, 6), [a],
+              n_directions=n)
+
+
+def test_gradcheck_matmul_and_indexing(device, rng):
+    a = T(rng.standard_normal((4, 3)), device, grad=True)
+    w = T(rng.standard_normal((3, 2)), device, grad=True)
+    n = 3 if device == "cuda" else None
+    gradcheck(lambda a, w: a @ w, [a, w], n_directions=n)
+    gradcheck(lambda a: a[[3, 1, 3]] * a[1:3].sum() + a[::2].mean(), [a], n_directions=n)
+
+
+def test_gradients_accumulate_like_pytorch(device):
+    x = T([1.0, 2.0, 3.0], device, grad=True)
+    (x * x).sum().backward()
+    (x * 3.0).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), 2 * np.array([1.0, 2, 3]) + 3.0)
+
+
+def test_shared_subexpression_and_multiple_paths(device):
+    x = T([0.5, -1.0], device, grad=True)
+    y = x * 2.0
+    z = (y * y + y).sum()        # y used twice
+    z.backward()
+    np.testing.assert_allclose(x.grad.numpy(), (2 * 2 * np.array([0.5, -1.0]) * 2) + 2)
+
+
+def test_no_grad_and_detach(device):
+    x = T([1.0, 2.0], device, grad=True)
+    with nbdl.no_grad():
+        y = x * 2.0
+    assert not y.requires_grad
+    d = (x * 2.0).detach()
+    assert not d.requires_grad and d.is_leaf
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        y.sum().backward()
+
+
+def test_backward_needs_scalar_or_gradient(device):
+    x = T([1.0, 2.0], device, grad=True)
+    y = x * 3.0
+    with pytest.raises(RuntimeError, match="scalar"):
+        y.backward()
+    y.backward(nbdl.tensor(np.array([1.0, 10.0]), device=device))
+    np.testing.assert_allclose(x.grad.numpy(), [3.0, 30.0])
+
+
+# --- dtypes, devices, factories -----------------------------------------------------
+
+def test_mixing_float32_and_float64_is_a_type_error(device):
+    a = T([1.0], device, dtype=np.float32)
+    b = T([1.0], device, dtype=np.float64)
+    with pytest.raises(TypeError, match="float32.*float64"):
+        a + b
+    with pytest.raises(TypeError, match="float32.*float64"):
+        a.reshape(1, 1) @ b.reshape(1, 1)
+    assert (a * 2.0).dtype == np.float32      # Python numbers take the tensor's dtype
+
+
+def test_mixing_devices_is_an_error_naming_both():
+    if not nbdl.cuda_available():
+        pytest.skip("no CUDA (not even the simulator)")
+    a = nbdl.tensor([1.0], device="cpu")
+    b = nbdl.tensor([1.0], device="cuda")
+    with pytest.raises(ValueError, match="cpu.*cuda:0"):
+        a + b
+
+
+def test_broadcast_shape_error(device):
+    with pytest.raises(ValueError, match=r"\(2, 3\) and \(4,\)"):
+        nbdl.zeros(2, 3, device=device) + nbdl.zeros(4, device=device)
+
+
+def test_to_device_and_dtype_round_trip(device):
+    x = nbdl.tensor([[1.5, -2.0]], requires_grad=True)
+    y = x.to(device).to(nbdl.float64)
+    assert y.device.startswith(device) and y.dtype == np.float64
+    (y * 2.0).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), [[2.0, 2.0]])
+    assert x.grad.dtype == np.float32 and x.grad.device == "cpu"
+
+
+def test_factories_and_defaults(device):
+    assert nbdl.tensor([1.0, 2.0]).dtype == np.float32
+    assert nbdl.tensor([1, 2]).dtype == np.int64
+    assert nbdl.tensor(np.zeros(2)).dtype == np.float64
+    z = nbdl.zeros(2, 3, device=device)
+    assert z.shape == (2, 3) and not z.numpy().any()
+    np.testing.assert_array_equal(nbdl.ones((2,), dtype="float64", device=device).numpy(), [1.0, 1.0])
+    nbdl.manual_seed(3)
+    a = nbdl.randn(4, device=device).numpy()
+    nbdl.manual_seed(3)
+    b = nbdl.randn(4, device="cpu").numpy()
+    np.testing.assert_array_equal(a, b)            # same seed, same bits on every device
+    with pytest.raises(ValueError, match="non-negative"):
+        nbdl.zeros(-1)
+    with pytest.raises(TypeError, match="unsupported dtype"):
+        nbdl.zeros(2, dtype=np.complex64)
+
+
+def test_in_place_helpers(device):
+    t = nbdl.zeros(2, 2, device=device)
+    t.fill_(3.0)
+    np.testing.assert_array_equal(t.numpy(), np.full((2, 2), 3.0))
+    t.copy_(np.eye(2))
+    np.testing.assert_array_equal(t.numpy(), np.eye(2))
+    with pytest.raises(ValueError, match="shape mismatch"):
+        t.copy_(np.zeros(3))
+
+
+def test_item_repr_len(device):
+    t = nbdl.tensor([[2.5]], device=device)
+    assert t.item() == 2.5 and float(t) == 2.5 and len(t) == 1
+    assert "tensor(" in repr(t)
+    with pytest.raises(ValueError, match="1 elements|expected 1"):
+        nbdl.zeros(2).item()
