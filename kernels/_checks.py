@@ -40,7 +40,7 @@ def check_array(op, name, a, ndim=None, dtype=None, shape=None, contiguous=True)
     if shape is not None:
         if len(shape) != len(a.shape) or any(
                 want is not None and want != got for want, got in zip(shape, a.shape)):
-            want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+            want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
             raise ValueError(f"{op}: {name} must have shape {want}, got {tuple(a.shape)}")
     if contiguous and not _is_c_contiguous(a):
         raise ValueError(f"{op}: {name} must be C-contiguous")

@@ -135,7 +135,7 @@ def to_host(a):
 
 def from_host(a, device):
     """Put a numpy array on ``device`` (copy to the GPU; on cpu, returned as is)."""
-    a = np.ascontiguousarray(a)
+    a = np.asarray(a, order="C")
     if device == "cpu":
         return a
     return _cuda().to_device(a)
@@ -144,7 +144,7 @@ def from_host(a, device):
 def move(a, device):
     """``a`` (numpy or device array) placed on ``device``."""
     if device == "cpu":
-        return np.ascontiguousarray(to_host(a))
+        return np.asarray(to_host(a), order="C")
     if is_device_array(a):
         return a
     return from_host(a, device)

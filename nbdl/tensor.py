@@ -348,7 +348,7 @@ class Tensor:
             self.array[...] = _dev.to_host(src_arr).astype(self.dtype, copy=False)
         else:
             host = _dev.to_host(src_arr).astype(self.dtype, copy=False)
-            self.array.copy_to_device(np.ascontiguousarray(host))
+            self.array.copy_to_device(np.asarray(host, order="C"))
         return self
 
     # -- autograd --
@@ -528,7 +528,7 @@ def tensor(data, dtype=None, device=None, requires_grad=False):
 def from_numpy(array, device=None, requires_grad=False):
     """A tensor from a numpy array (shares memory on cpu when the array is C-contiguous)."""
     device = _dev.require(device)
-    array = np.ascontiguousarray(array)
+    array = np.asarray(array, order="C")
     as_dtype(array.dtype)
     return Tensor(_dev.from_host(array, device), device=device, requires_grad=requires_grad)
 

@@ -15,31 +15,31 @@ from nbdl.kernels.elementwise import check_binary, reduced_axes_for
 def add(a, b):
     """a + b, broadcast."""
     check_binary("add", a, b)
-    return np.add(a, b)
+    return np.asarray(np.add(a, b))
 
 
 def sub(a, b):
     """a - b, broadcast."""
     check_binary("sub", a, b)
-    return np.subtract(a, b)
+    return np.asarray(np.subtract(a, b))
 
 
 def mul(a, b):
     """a * b, broadcast."""
     check_binary("mul", a, b)
-    return np.multiply(a, b)
+    return np.asarray(np.multiply(a, b))
 
 
 def div(a, b):
     """a / b, broadcast (IEEE: x/0 = inf)."""
     check_binary("div", a, b)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.true_divide(a, b).astype(a.dtype, copy=False)
+        return np.asarray(np.true_divide(a, b).astype(a.dtype, copy=False))
 
 
 def scale(x, alpha):
     """alpha * x (a new array of x's dtype)."""
-    return np.multiply(x, x.dtype.type(alpha))
+    return np.asarray(np.multiply(x, x.dtype.type(alpha)))
 
 
 def axpy(alpha, x, y):
@@ -52,41 +52,41 @@ def axpy(alpha, x, y):
 def pow_scalar(x, p):
     """x ** p elementwise."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.power(x, x.dtype.type(p))
+        return np.asarray(np.power(x, x.dtype.type(p)))
 
 
 def exp(x):
     """e ** x elementwise."""
     with np.errstate(over="ignore"):
-        return np.exp(x)
+        return np.asarray(np.exp(x))
 
 
 def log(x):
     """Natural log elementwise (log 0 = -inf)."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.log(x)
+        return np.asarray(np.log(x))
 
 
 def sqrt(x):
     """Square root elementwise."""
     with np.errstate(invalid="ignore"):
-        return np.sqrt(x)
+        return np.asarray(np.sqrt(x))
 
 
 def abs(x):
     """|x| elementwise."""
-    return np.abs(x)
+    return np.asarray(np.abs(x))
 
 
 def sign(x):
     """sign(x) in {-1, 0, 1} elementwise."""
-    return np.sign(x)
+    return np.asarray(np.sign(x))
 
 
 def sum_axes(x, axes, keepdims):
     """Sum over ``axes`` (a tuple of non-negative ints)."""
     check_array("sum_axes", "x", x, contiguous=False)
-    return np.ascontiguousarray(np.sum(x, axis=tuple(axes), keepdims=keepdims))
+    return np.asarray(np.sum(x, axis=tuple(axes), keepdims=keepdims), order="C")
 
 
 def sum_to_shape(g, shape):
@@ -95,17 +95,17 @@ def sum_to_shape(g, shape):
     if tuple(g.shape) == shape:
         return g
     axes = reduced_axes_for(g.shape, shape)
-    return np.ascontiguousarray(np.sum(g, axis=axes).reshape(shape))
+    return np.asarray(np.sum(g, axis=axes).reshape(shape), order="C")
 
 
 def broadcast_to(x, shape):
     """A contiguous copy of x broadcast to ``shape``."""
-    return np.ascontiguousarray(np.broadcast_to(x, tuple(shape)))
+    return np.asarray(np.broadcast_to(x, tuple(shape)), order="C")
 
 
 def permute(x, perm):
     """A contiguous copy with axes reordered by ``perm``."""
-    return np.ascontiguousarray(np.transpose(x, perm))
+    return np.asarray(np.transpose(x, perm), order="C")
 
 
 def copy(x):
@@ -122,7 +122,7 @@ def copy_into(dst, src):
 
 def cast(x, dtype):
     """x converted to ``dtype`` (a new array)."""
-    return x.astype(dtype)
+    return np.asarray(x.astype(dtype))
 
 
 def fill(x, value):
@@ -139,7 +139,7 @@ def zeros(shape, dtype):
 def take_rows(x, idx):
     """x[idx] along axis 0; idx is an int64 array of valid row indices."""
     check_array("take_rows", "idx", idx, ndim=1, dtype=np.int64)
-    return np.ascontiguousarray(np.take(x, idx, axis=0))
+    return np.asarray(np.take(x, idx, axis=0), order="C")
 
 
 def scatter_add_rows(g, idx, n):

@@ -282,7 +282,7 @@ def getitem(x, key):
         raise IndexError(f"getitem: unsupported index {key!r}; use an int, a slice or a 1-D integer array")
     if idx.size and (idx.min() < -n or idx.max() >= n):
         raise IndexError(f"getitem: index out of range for axis 0 of size {n}")
-    return _gather(x, np.ascontiguousarray(idx % n if n else idx, dtype=np.int64))
+    return _gather(x, np.asarray(idx % n if n else idx, dtype=np.int64, order="C"))
 
 
 def _rows(x, key):
@@ -336,4 +336,4 @@ def _convert(a, src, dst, dtype):
     if src == dst and src != "cpu":
         return kernels("elementwise", src).cast(a, dtype)
     host = dev.to_host(a).astype(dtype, copy=(src == dst))
-    return dev.from_host(host, dst) if dst != "cpu" else np.ascontiguousarray(host)
+    return dev.from_host(host, dst) if dst != "cpu" else np.asarray(host, order="C")
