@@ -3,7 +3,7 @@
 ``save`` writes a flat mapping of names to arrays as .npz through a temporary file in
 the same directory and an atomic rename, so a crash never leaves half a checkpoint.
 Nested dicts (a model's and an optimizer's state in one file) are flattened with
-"/" in the keys; scalars and strings are stored as 0-d arrays. ``load`` reads with
+"/" in the keys, and a list of dicts (param_groups) becomes a dict keyed "0", "1", ...; scalars and strings are stored as 0-d arrays. ``load`` reads with
 ``allow_pickle=False``: object arrays are refused, so loading never runs code.
 """
 import os
@@ -14,13 +14,21 @@ import numpy as np
 _SEP = "/"
 
 
+def _is_dict_list(v):
+    """A list of dicts (an optimizer's param_groups): stored under keys "0", "1", ..."""
+    return isinstance(v, (list, tuple)) and len(v) > 0 and all(isinstance(x, dict) for x in v)
+
+
 def _flatten(obj, prefix, out):
+    if _is_dict_list(obj):
+        obj = {str(i): v for i, v in enumerate(obj)}
     if isinstance(obj, dict):
         for k, v in obj.items():
             k = str(k)
             if _SEP in k:
                 raise ValueError(f"save: key {k!r} contains {_SEP!r}, which separates nested levels")
-            _flatten(v, f"{prefix}{k}{_SEP}" if isinstance(v, dict) else f"{prefix}{k}", out)
+            nested = isinstance(v, dict) or _is_dict_list(v)
+            _flatten(v, f"{prefix}{k}{_SEP}" if nested else f"{prefix}{k}", out)
         if not obj:
             out[prefix + "__empty__"] = np.zeros(0)
         return
