@@ -150,6 +150,16 @@ def move(a, device):
     return from_host(a, device)
 
 
+def copy(a, device):
+    """A new C-contiguous copy of ``a`` (numpy or device array) on its own ``device``."""
+    if device == "cpu":
+        return np.array(a, copy=True, order="C")
+    out = _cuda().device_array(a.shape, dtype=np.dtype(a.dtype))
+    if out.size:
+        out.copy_to_device(a)          # device to device, no kernel
+    return out
+
+
 def empty(shape, dtype, device):
     if device == "cpu":
         return np.empty(shape, dtype=dtype)

@@ -139,8 +139,23 @@ def _accumulate(acc, g, device):
     if acc is None:
         return g
     if device == "cpu":
-        return acc + g
+        return np.asarray(acc + g)     # 0-d + 0-d gives a numpy scalar
     return _dev.kernels("elementwise", device).add(acc, g)
+
+
+def _accumulate_leaf(leaf, g):
+    """leaf.grad += g, where the first gradient is stored as a private copy.
+
+    Backward closures may hand one array to several inputs (both sides of a + b get
+    the same gy) or pass the caller's gradient through unchanged, and .grad is later
+    modified in place (zero_(), gradient clipping, optimizers): so, like PyTorch, a
+    leaf never shares its .grad storage with anything else.
+    """
+    if leaf.grad is None:
+        new = _dev.copy(g, leaf.device)
+    else:
+        new = _accumulate(leaf.grad.array, g, leaf.device)
+    leaf.grad = Tensor(new, device=leaf.device)
 
 
 def _topo_nodes(root):
@@ -162,6 +177,19 @@ def _topo_nodes(root):
     return order
 
 
+def _checked_grad(node, parent, g):
+    """``g`` after checking that an op's backward returned it in the input's shape, dtype and
+    device (a numpy scalar, which numpy returns for 0-d results, becomes a 0-d array)."""
+    if isinstance(g, np.generic):
+        g = np.asarray(g)
+    if tuple(g.shape) != parent.shape or np.dtype(g.dtype) != parent.dtype:
+        raise RuntimeError(f"{node.name}: gradient of shape {tuple(g.shape)} and dtype {np.dtype(g.dtype)} "
+                           f"for an input of shape {parent.shape} and dtype {parent.dtype}")
+    if isinstance(g, np.ndarray) != (parent.device == "cpu"):
+        raise RuntimeError(f"{node.name}: gradient on the wrong device for an input on {parent.device}")
+    return g
+
+
 def _run_backward(root, grad):
     """Propagate ``grad`` (array) from tensor ``root`` to every leaf that requires grad."""
     pending = {id(root._node): [None] * len(root._node.out_meta)}
@@ -177,12 +205,9 @@ def _run_backward(root, grad):
         for parent, g in zip(node.parents, results):
             if g is None or not parent.requires_grad:
                 continue
-            if tuple(g.shape) != parent.shape:
-                raise RuntimeError(f"{node.name}: gradient of shape {tuple(g.shape)} "
-                                   f"for an input of shape {parent.shape}")
+            g = _checked_grad(node, parent, g)
             if parent._node is None:
-                new = _accumulate(None if parent.grad is None else parent.grad.array, g, parent.device)
-                parent.grad = Tensor(new, device=parent.device)
+                _accumulate_leaf(parent, g)
             else:
                 slot = pending.setdefault(id(parent._node), [None] * len(parent._node.out_meta))
                 slot[parent._index] = _accumulate(slot[parent._index], g, parent.device)
@@ -199,6 +224,8 @@ class Tensor:
     __array_priority__ = 1000  # numpy scalars/arrays defer to our operators
 
     def __init__(self, array, device=None, requires_grad=False):
+        if isinstance(array, np.generic):   # numpy ops on 0-d arrays may return scalars
+            array = np.asarray(array)
         self.array = array
         self.device = _dev.normalize(device) if device is not None else _infer_device(array)
         self.grad = None
@@ -289,11 +316,7 @@ class Tensor:
 
     def to(self, *args, device=None, dtype=None):
         """to(device), to(dtype) or to(device, dtype): a differentiable copy (self if nothing changes)."""
-        for a in args:
-            if isinstance(a, str) and not _looks_like_dtype(a):
-                device = a
-            else:
-                dtype = a
+        device, dtype = parse_to_args(args, device, dtype)
         from nbdl.ops.elementwise import to
         return to(self, device=device, dtype=dtype)
 
@@ -346,6 +369,9 @@ class Tensor:
             raise ValueError(f"copy_: shape mismatch: destination {self.shape}, source {tuple(src_arr.shape)}")
         if self.device == "cpu":
             self.array[...] = _dev.to_host(src_arr).astype(self.dtype, copy=False)
+        elif _dev.is_device_array(src_arr) and np.dtype(src_arr.dtype) == self.dtype:
+            if self.array.size:
+                self.array.copy_to_device(src_arr)     # device to device, no host round trip
         else:
             host = _dev.to_host(src_arr).astype(self.dtype, copy=False)
             self.array.copy_to_device(np.asarray(host, order="C"))
@@ -369,8 +395,7 @@ class Tensor:
                 raise TypeError(f"backward(): gradient is {gt.dtype} on {gt.device}, tensor is {self.dtype} on {self.device}")
             g = gt.array
         if self._node is None:
-            new = _accumulate(None if self.grad is None else self.grad.array, g, self.device)
-            self.grad = Tensor(new, device=self.device)
+            _accumulate_leaf(self, g)
             return
         _run_backward(self, g)
 
@@ -479,12 +504,15 @@ def _ew():
     return elementwise
 
 
-def _looks_like_dtype(s):
-    try:
-        np.dtype(s)
-        return s not in ("cpu",) and not s.startswith("cuda")
-    except TypeError:
-        return False
+def parse_to_args(args, device=None, dtype=None):
+    """(device, dtype) from the positional arguments of ``to(...)``: a string naming a
+    device ("cpu", "cuda", "cuda:1", any case) is the device, anything else the dtype."""
+    for a in args:
+        if isinstance(a, str) and a.strip().lower().split(":")[0] in ("cpu", "cuda"):
+            device = a
+        else:
+            dtype = a
+    return device, dtype
 
 
 # --- factories ----------------------------------------------------------------------
@@ -566,8 +594,7 @@ def ones(*shape, dtype=None, device=None, requires_grad=False):
 
 
 def full(shape, fill_value, dtype=None, device=None, requires_grad=False):
-    return _factory(fill_value, (shape,) if isinstance(shape, (tuple, list)) else (shape,),
-                    dtype, device, requires_grad)
+    return _factory(fill_value, (shape,), dtype, device, requires_grad)
 
 
 def zeros_like(t, dtype=None, device=None):
@@ -596,9 +623,12 @@ def rand(*shape, dtype=None, device=None, requires_grad=False):
 
 
 def arange(start, end=None, step=1, dtype=None, device=None):
+    """[start, end) in steps of ``step``: int64 for int arguments, else float32 (like torch)."""
     if end is None:
         start, end = 0, start
     host = np.arange(start, end, step)
+    if dtype is None and host.dtype.kind == "f":
+        dtype = float32
     return tensor(host, dtype=dtype, device=device)
 
 

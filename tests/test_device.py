@@ -20,6 +20,13 @@ def test_normalize():
         dev.normalize(3)
 
 
+def test_require_refuses_devices_that_do_not_exist():
+    if not nbdl.cuda_available():
+        pytest.skip("no CUDA (not even the simulator)")
+    with pytest.raises(RuntimeError, match=r"'cuda:7' requested but only \d+ CUDA device"):
+        nbdl.zeros(1, device="cuda:7")
+
+
 def test_default_device_round_trip():
     before = nbdl.get_default_device()
     try:
@@ -50,6 +57,7 @@ def test_env_default_device_and_import_is_lazy():
     lines = p.stdout.split()
     assert lines[0] == "cpu", p.stderr
     assert lines[1] == "False", "import nbdl must not import numba.cuda"
+    assert lines[2] == "False", "import nbdl must not load numba's compiler"
 
 
 def test_import_compiles_nothing_quickly():

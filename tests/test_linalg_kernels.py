@@ -85,3 +85,70 @@ def test_elementwise_kernels_direct(device, rng):
     np.testing.assert_array_equal(dev.to_host(E.sum_axes(put(np.zeros((0, 3)), device), (0,), False)), np.zeros(3))
     with pytest.raises(ValueError, match="cannot be broadcast"):
         E.add(put(a, device), put(np.zeros(5), device))
+    s = np.array([-2.0, 0.0, 3.0, np.nan])
+    np.testing.assert_array_equal(dev.to_host(E.sign(put(s, device))), np.sign(s))
+    np.testing.assert_array_equal(dev.to_host(E.cast(put(s[:3], device), np.float32)), s[:3].astype(np.float32))
+
+
+def test_cuda_gemm_runs_in_the_arrays_dtype(monkeypatch, rng):
+    """float32 arrays must get the float32 kernel (float64 shared tiles are 2x the memory
+    and, on most GPUs, many times slower)."""
+    if not dev.cuda_available():
+        pytest.skip("no CUDA (not even the simulator)")
+    L = K("linalg", "cuda")
+
+    class Refuse:
+        def __getitem__(self, launch):
+            raise AssertionError("the float64 GEMM kernel ran on float32 arrays")
+    monkeypatch.setattr(L, "_gemm64", Refuse())
+    a, b = rng.standard_normal((3, 2)).astype(np.float32), rng.standard_normal((2, 4)).astype(np.float32)
+    got = dev.to_host(L.matmul(put(a, "cuda"), put(b, "cuda")))
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, a @ b, rtol=1e-6)
+
+
+def test_elementwise_kernels_reject_bad_arguments_before_launching(device):
+    """Numba does not bounds-check: each of these would read or write outside an array."""
+    E = K("elementwise", device)
+    x = put(np.arange(6.0).reshape(2, 3), device)
+    with pytest.raises(ValueError, match=r"sum_axes: axis 2 is out of range for an array with 2 dimensions"):
+        E.sum_axes(x, (2,), False)
+    with pytest.raises(ValueError, match=r"sum_axes: repeated axis in \(1, -1\)"):
+        E.sum_axes(x, (1, -1), False)
+    np.testing.assert_allclose(dev.to_host(E.sum_axes(x, (-1,), True)), [[3.0], [12.0]])
+    with pytest.raises(ValueError, match=r"broadcast_to: cannot broadcast shape \(2, 3\) to \(2, 4\)"):
+        E.broadcast_to(x, (2, 4))
+    with pytest.raises(ValueError, match=r"permute: \(0, 0\) is not a permutation of 2 axes"):
+        E.permute(x, (0, 0))
+    with pytest.raises(ValueError, match=r"permute: .* is not a permutation of 2 axes"):
+        E.permute(x, (0, 1, 2))
+    deep = put(np.zeros((1,) * 7), device)
+    with pytest.raises(ValueError, match=r"at most 6 dimensions"):
+        E.permute(deep, tuple(range(7))[::-1])
+    rows = put(np.arange(3, dtype=np.int64), device)
+    with pytest.raises(ValueError, match=r"take_rows: idx\[2\] = 2 is out of range for 2 rows"):
+        E.take_rows(x, rows)
+    with pytest.raises(ValueError, match=r"scatter_add_rows: idx\[2\] = 2 is out of range for 2 rows"):
+        E.scatter_add_rows(put(np.ones((3, 3)), device), rows, 2)
+    with pytest.raises(ValueError, match=r"scatter_add_rows: n must be >= 0, got -1"):
+        E.scatter_add_rows(put(np.ones((3, 3)), device), rows, -1)
+
+
+def test_matmul_with_empty_inner_dimension_is_zero(device):
+    """k == 0: op(a) @ op(b) is a zero matrix; beta == 0 ignores what out held (NaN included)."""
+    L = K("linalg", device)
+    a, b = put(np.zeros((3, 0)), device), put(np.zeros((0, 2)), device)
+    np.testing.assert_array_equal(dev.to_host(L.matmul(a, b)), np.zeros((3, 2)))
+    out = put(np.full((3, 2), np.nan), device)
+    np.testing.assert_array_equal(dev.to_host(L.matmul(a, b, out=out, beta=0.0)), np.zeros((3, 2)))
+    out = put(np.full((3, 2), 2.0), device)
+    np.testing.assert_array_equal(dev.to_host(L.matmul(a, b, out=out, beta=0.5)), np.ones((3, 2)))
+
+
+def test_cuda_gemm_refuses_more_columns_than_its_grid_covers():
+    if not dev.cuda_available():
+        pytest.skip("no CUDA (not even the simulator)")
+    L = K("linalg", "cuda")
+    n = L.MAX_GRID_Y * L.TILE + 1
+    with pytest.raises(ValueError, match=rf"matmul: op\(b\) has {n} columns"):
+        L.matmul(put(np.zeros((1, 1), np.float32), "cuda"), put(np.zeros((1, n), np.float32), "cuda"))

@@ -127,3 +127,72 @@ def test_initializers_give_same_bits_on_every_device(device):
     nbdl.manual_seed(7)
     b = init.normal_(nbdl.empty(4, 4)).numpy()
     np.testing.assert_array_equal(a, b)
+
+
+def test_setattr_registers_over_plain_attributes_and_rejects_wrong_types():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.sub = None                  # a common "optional submodule" pattern
+            self.sub = Affine(2)
+            self.scale = 1.0
+            self.scale = nn.Parameter(nbdl.ones(1))
+    m = M()
+    assert isinstance(m.sub, Affine) and isinstance(m.scale, nn.Parameter)
+    assert list(m.state_dict()) == ["scale", "sub.weight", "sub.bias", "sub.count"]
+    with pytest.raises(TypeError, match=r"cannot assign Tensor as parameter 'weight' \(Parameter or None expected\)"):
+        m.sub.weight = nbdl.zeros(2)         # PyTorch refuses instead of silently unregistering
+    with pytest.raises(TypeError, match=r"cannot assign int as child module 'sub'"):
+        m.sub = 3
+    with pytest.raises(TypeError, match=r"cannot assign ndarray as buffer 'count'"):
+        m.sub.count = np.zeros(1)
+    assert "sub.weight" in m.state_dict() and "sub.count" in m.state_dict()
+    m.sub.weight = None                      # None is allowed: "no parameter"
+    m.sub.count = nbdl.ones(1)
+    assert "sub.weight" not in m.state_dict() and m.sub.count.numpy()[0] == 1.0
+    m.sub = nn.Parameter(nbdl.zeros(1))      # a parameter may replace a child module
+    assert [n for n, _ in m.named_parameters()] == ["scale", "sub"] and not list(m.children())
+
+
+def test_register_buffer_persistence_can_change_and_sequential_slices_keep_names():
+    a = Affine(2)
+    a.register_buffer("scratch", nbdl.zeros(1))          # re-registered as persistent
+    assert "scratch" in a.state_dict()
+    with pytest.raises(KeyError, match="cannot be empty or contain"):
+        a.register_buffer("x.y", nbdl.zeros(1))
+    seq = nn.Sequential(Affine(1), Affine(1), Affine(1))
+    assert [n for n, _ in seq[1:].named_parameters()] == ["1.weight", "1.bias", "2.weight", "2.bias"]
+
+
+def test_state_dict_and_load_on_device(device):
+    net = Net().to(device)
+    sd = {k: np.full(v.shape, 3.0) for k, v in net.state_dict().items()}
+    net.load_state_dict(sd)
+    assert net.head.weight.device.startswith(device)
+    np.testing.assert_array_equal(net.head.bias.numpy(), [3.0, 3.0, 3.0])
+    net.double()
+    assert net.head.weight.dtype == np.float64 and net.head.weight.device.startswith(device)
+
+
+def test_init_fans_and_bounds_match_torch():
+    torch = pytest.importorskip("torch")
+    for shape in ((7, 5), (6, 3, 2, 2)):
+        ours = init._calculate_fan_in_and_fan_out(nbdl.empty(*shape))
+        assert ours == torch.nn.init._calculate_fan_in_and_fan_out(torch.empty(*shape))
+    for nl, p in (("relu", None), ("tanh", None), ("leaky_relu", 0.3), ("selu", None), ("sigmoid", None)):
+        assert init.calculate_gain(nl, p) == pytest.approx(torch.nn.init.calculate_gain(nl, p))
+    w = nbdl.empty(64, 48)
+    init.kaiming_uniform_(w, a=0.1, mode="fan_out", nonlinearity="leaky_relu")
+    bound = torch.nn.init.calculate_gain("leaky_relu", 0.1) * math.sqrt(3 / 64)
+    assert np.abs(w.numpy()).max() <= bound and np.abs(w.numpy()).max() > 0.95 * bound
+    init.xavier_normal_(w, gain=2.0)
+    assert abs(w.numpy().std() / (2.0 * math.sqrt(2 / 112)) - 1) < 0.05
+
+
+def test_trunc_normal_stays_inside_and_rejects_empty_intervals():
+    w = init.trunc_normal_(nbdl.empty(50, 4), mean=0.5, std=2.0, a=-1.0, b=1.0).numpy()
+    assert w.min() >= -1.0 and w.max() <= 1.0 and w.std() > 0.3
+    with pytest.raises(ValueError, match="need std > 0 and a < b"):
+        init.trunc_normal_(nbdl.empty(3), a=1.0, b=-1.0)
+    with pytest.raises(ValueError, match="holds almost none"):
+        init.trunc_normal_(nbdl.empty(3), mean=0.0, std=1e-3, a=5.0, b=6.0)

@@ -79,12 +79,13 @@ def test_softmax_forward_float32_matches_numpy(device, rng, shape, axis):
     np.testing.assert_allclose(ly, np_log_softmax(x, axis), rtol=1e-5, atol=1e-4)
 
 
-def test_softmax_large_and_infinite_logits():
-    K = kernels("softmax", "cpu")
-    x = np.array([[1000.0, 1000.0, -np.inf], [-1e30, 0.0, 1e30]], np.float32)
-    np.testing.assert_allclose(K.softmax_forward(x, 1), [[0.5, 0.5, 0.0], [0.0, 0.0, 1.0]])
-    np.testing.assert_allclose(K.log_softmax_forward(x, 1)[0, :2], [-np.log(2)] * 2, rtol=1e-6)
-    assert K.log_softmax_forward(x, 1)[0, 2] == -np.inf
+def test_softmax_large_and_infinite_logits(device):
+    K = kernels("softmax", device)
+    x = _t(np.array([[1000.0, 1000.0, -np.inf], [-1e30, 0.0, 1e30]], np.float32), device).array
+    np.testing.assert_allclose(_host(K.softmax_forward(x, 1)), [[0.5, 0.5, 0.0], [0.0, 0.0, 1.0]])
+    log_y = _host(K.log_softmax_forward(x, 1))
+    np.testing.assert_allclose(log_y[0, :2], [-np.log(2)] * 2, rtol=1e-6)
+    assert log_y[0, 2] == -np.inf
 
 
 def test_softmax_wide_rows_vectorized_path(rng):
@@ -158,11 +159,13 @@ def test_cross_entropy_gradcheck(device, rng):
     gradcheck(fn, [xt], n_directions=2 if device != "cpu" else None)
 
 
-def test_cross_entropy_spatial_gradcheck(rng):
+@pytest.mark.parametrize("reduction", ["none", "sum"])
+def test_cross_entropy_spatial_gradcheck(device, rng, reduction):
     x, target, w = _ce_data(rng, (2, 3, 2))
-    xt = _t(x, "cpu", requires_grad=True)
-    gradcheck(lambda a: F.cross_entropy(a, _t(target, "cpu"), weight=_t(w, "cpu"), label_smoothing=0.1,
-                                        reduction="none"), [xt])
+    xt = _t(x, device, requires_grad=True)
+    gradcheck(lambda a: F.cross_entropy(a, _t(target, device), weight=_t(w, device), label_smoothing=0.1,
+                                        reduction=reduction).reshape(-1), [xt],
+              n_directions=2 if device != "cpu" else None)
 
 
 def test_cross_entropy_all_ignored_is_zero_not_nan(device):
@@ -192,21 +195,35 @@ def test_cross_entropy_probability_targets(rng):
     gradcheck(lambda a: F.cross_entropy(a, _t(p, "cpu"), label_smoothing=0.1).reshape(1), [xt])
 
 
+def test_cross_entropy_probability_targets_spatial_mean_divides_by_samples(device, rng):
+    """PyTorch's mean over probability targets divides by N * d1 * ... (every sample), not N."""
+    x = rng.standard_normal((2, 3, 2))
+    p = rng.uniform(size=(2, 3, 2))
+    p /= p.sum(1, keepdims=True)
+    w = rng.uniform(0.5, 2.0, 3)
+    per_sample = -(w[:, None] * p * np_log_softmax(x, 1)).sum(1)     # (N, d1)
+    out = F.cross_entropy(_t(x, device), _t(p, device), weight=_t(w, device))
+    np.testing.assert_allclose(out.item(), per_sample.mean(), rtol=1e-12)
+    out = F.cross_entropy(_t(x, device), _t(p, device), reduction="none")
+    np.testing.assert_allclose(out.numpy(), -(p * np_log_softmax(x, 1)).sum(1), rtol=1e-12)
+
+
 # --- nll_loss and mse_loss ----------------------------------------------------------
 
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_nll_loss_matches_numpy(device, rng, reduction):
-    x, target, w = _ce_data(rng, (4, 3, 2) if device == "cpu" else (3, 3))
+    x, target, w = _ce_data(rng, (4, 3, 2) if device == "cpu" else (2, 3, 2))
     logp = np_log_softmax(x, 1)
     out = F.nll_loss(_t(logp, device), _t(target, device), weight=_t(w, device), reduction=reduction)
     np.testing.assert_allclose(out.numpy(), np_nll_loss(logp, target, w, -100, reduction), rtol=1e-12)
 
 
-def test_nll_loss_gradcheck(device, rng):
-    x, target, w = _ce_data(rng, (3, 3))
+@pytest.mark.parametrize("shape,reduction", [((3, 3), "mean"), ((2, 3, 2), "sum"), ((2, 3, 2), "none")])
+def test_nll_loss_gradcheck(device, rng, shape, reduction):
+    x, target, w = _ce_data(rng, shape)
     xt = _t(np_log_softmax(x, 1), device, requires_grad=True)
-    gradcheck(lambda a: F.nll_loss(a, _t(target, device), weight=_t(w, device)).reshape(1), [xt],
-              n_directions=2 if device != "cpu" else None)
+    gradcheck(lambda a: F.nll_loss(a, _t(target, device), weight=_t(w, device), reduction=reduction).reshape(-1),
+              [xt], n_directions=2 if device != "cpu" else None)
 
 
 def test_mse_loss(device, rng):
@@ -289,3 +306,11 @@ def test_matches_torch_weight_smoothing_ignore(rng):
         theirs.backward(torch.tensor(g))
         np.testing.assert_allclose(ours.numpy(), theirs.detach().numpy(), rtol=1e-12)
         np.testing.assert_allclose(xt.grad.numpy(), tx.grad.numpy(), rtol=1e-10, atol=1e-15)
+
+
+def test_numpy_targets_follow_the_input_device(device, rng):
+    x, target, _ = _ce_data(rng, (3, 4), ignore=False)
+    out = F.cross_entropy(_t(x, device), target)             # an int64 numpy target
+    assert out.device.startswith(device)
+    np.testing.assert_allclose(out.item(), np_cross_entropy(x, target), rtol=1e-12)
+    np.testing.assert_allclose(F.nll_loss(_t(x, device), list(target)).item(), np_nll_loss(x, target), rtol=1e-12)

@@ -9,7 +9,10 @@ compute-heavy families (conv, pool, softmax, rnn, ...) are the @njit kernels.
 import numpy as np
 
 from nbdl.kernels._checks import check_array
-from nbdl.kernels.elementwise import check_binary, reduced_axes_for
+from nbdl.kernels.elementwise import (
+    check_axes, check_binary, check_broadcast_to, check_index_values, check_permutation, check_row_indices,
+    reduced_axes_for,
+)
 
 
 def add(a, b):
@@ -84,9 +87,10 @@ def sign(x):
 
 
 def sum_axes(x, axes, keepdims):
-    """Sum over ``axes`` (a tuple of non-negative ints)."""
+    """Sum over ``axes`` (a tuple of ints, negative ones count from the end; none repeated)."""
     check_array("sum_axes", "x", x, contiguous=False)
-    return np.asarray(np.sum(x, axis=tuple(axes), keepdims=keepdims), order="C")
+    axes = check_axes("sum_axes", axes, x.shape)
+    return np.asarray(np.sum(x, axis=axes, keepdims=keepdims), order="C")
 
 
 def sum_to_shape(g, shape):
@@ -100,12 +104,12 @@ def sum_to_shape(g, shape):
 
 def broadcast_to(x, shape):
     """A contiguous copy of x broadcast to ``shape``."""
-    return np.asarray(np.broadcast_to(x, tuple(shape)), order="C")
+    return np.asarray(np.broadcast_to(x, check_broadcast_to("broadcast_to", x, shape)), order="C")
 
 
 def permute(x, perm):
     """A contiguous copy with axes reordered by ``perm``."""
-    return np.asarray(np.transpose(x, perm), order="C")
+    return np.asarray(np.transpose(x, check_permutation("permute", perm, x.shape)), order="C")
 
 
 def copy(x):
@@ -136,15 +140,35 @@ def zeros(shape, dtype):
     return np.zeros(shape, dtype=dtype)
 
 
+def first_out_of_range(values, n, ignore=None):
+    """(i, values[i]) for the first entry of the 1-D int64 array ``values`` outside [0, n)
+    that is not ``ignore``, or None when every entry is a valid index into n items.
+
+    Hosts call this before a kernel indexes with ``values`` (no bounds checks in Numba).
+    """
+    check_array("first_out_of_range", "values", values, ndim=1, dtype=np.int64)
+    bad = (values < 0) | (values >= n)
+    if ignore is not None:
+        bad &= values != ignore
+    if not bad.any():
+        return None
+    i = int(np.argmax(bad))
+    return i, int(values[i])
+
+
 def take_rows(x, idx):
-    """x[idx] along axis 0; idx is an int64 array of valid row indices."""
-    check_array("take_rows", "idx", idx, ndim=1, dtype=np.int64)
+    """x[idx] along axis 0; idx is an int64 array of row indices in [0, x.shape[0])."""
+    check_array("take_rows", "x", x, contiguous=False)
+    n = check_row_indices("take_rows", idx, x.shape[0] if x.ndim else 0)
+    check_index_values("take_rows", first_out_of_range(idx, n), n)
     return np.asarray(np.take(x, idx, axis=0), order="C")
 
 
 def scatter_add_rows(g, idx, n):
     """The gradient of take_rows: zeros of n rows with g[j] added into row idx[j] (in order)."""
-    check_array("scatter_add_rows", "idx", idx, ndim=1, dtype=np.int64, shape=(g.shape[0],))
+    n = check_row_indices("scatter_add_rows", idx, n)
+    check_array("scatter_add_rows", "idx", idx, shape=(g.shape[0],))
+    check_index_values("scatter_add_rows", first_out_of_range(idx, n), n)
     out = np.zeros((n,) + tuple(g.shape[1:]), dtype=g.dtype)
     np.add.at(out, idx, g)
     return out

@@ -14,7 +14,8 @@ from numba import cuda, float32, float64, int64, types
 from nbdl.kernels._checks import check_array
 from nbdl.kernels._cuda import empty, grid1d
 from nbdl.kernels.elementwise import (
-    MAX_DIMS, OPS, broadcast_strides, check_binary, contiguous_strides, padded, reduced_axes_for,
+    MAX_DIMS, OPS, broadcast_strides, check_axes, check_binary, check_broadcast_to, check_permutation,
+    check_index_values, check_rank, check_row_indices, contiguous_strides, padded, reduced_axes_for,
 )
 
 _UNARY = {"exp": 0, "log": 1, "sqrt": 2, "abs": 3, "sign": 4, "pow": 5, "scale": 6, "copy": 7}
@@ -68,7 +69,7 @@ def _unary(out, x, op, p):
         elif op == 3:
             out[i] = math.fabs(v)
         elif op == 4:
-            out[i] = (v > 0) - (v < 0)
+            out[i] = 1 if v > 0 else (-1 if v < 0 else v)     # sign; keeps 0 and NaN like numpy
         elif op == 5:
             out[i] = v ** p
         elif op == 6:
@@ -121,6 +122,17 @@ def _scatter_add_rows(out, g, idx):
     if c < out.shape[1]:
         for j in range(g.shape[0]):
             out[idx[j], c] += g[j, c]
+
+
+@cuda.jit(cache=True)
+def _find_out_of_range(values, n, has_ignore, ignore, first_bad):
+    """first_bad[0] = smallest i with values[i] outside [0, n) and not the ignored value
+    (an integer atomic min: the result does not depend on the order)."""
+    i = cuda.grid(1)
+    if i < values.size:
+        v = values[i]
+        if (v < 0 or v >= n) and not (has_ignore and v == ignore):
+            cuda.atomic.min(first_bad, 0, i)
 
 
 def _flat(a):
@@ -213,10 +225,10 @@ def sign(x):
 
 
 def sum_axes(x, axes, keepdims):
-    """Sum over ``axes`` (a tuple of non-negative ints)."""
+    """Sum over ``axes`` (a tuple of ints, negative ones count from the end; none repeated)."""
     check_array("sum_axes", "x", x)
     shape = tuple(x.shape)
-    axes = tuple(sorted(axes))
+    axes = check_axes("sum_axes", axes, shape)
     strides = contiguous_strides(shape)
     kept = [d for d in range(len(shape)) if d not in axes]
     out_shape = tuple(1 if d in axes else s for d, s in enumerate(shape)) if keepdims \
@@ -245,7 +257,7 @@ def sum_to_shape(g, shape):
 def broadcast_to(x, shape):
     """A contiguous copy of x broadcast to ``shape``."""
     check_array("broadcast_to", "x", x)
-    shape = tuple(shape)
+    shape = check_broadcast_to("broadcast_to", x, shape)
     out = empty(shape, x.dtype)
     if out.size:
         pshape, xstr = padded(shape, broadcast_strides(x.shape, shape))
@@ -257,6 +269,7 @@ def broadcast_to(x, shape):
 def permute(x, perm):
     """A contiguous copy with axes reordered by ``perm``."""
     check_array("permute", "x", x)
+    perm = check_permutation("permute", perm, tuple(x.shape))
     strides = contiguous_strides(x.shape)
     shape = tuple(x.shape[p] for p in perm)
     out = empty(shape, x.dtype)
@@ -276,6 +289,7 @@ def copy_into(dst, src):
     """dst[...] = src (same shape and dtype)."""
     check_array("copy_into", "src", src, shape=tuple(dst.shape), dtype=dst.dtype)
     check_array("copy_into", "dst", dst)
+    check_rank("copy_into", tuple(dst.shape))
     if dst.size:
         pshape, sstr = padded(tuple(dst.shape), contiguous_strides(dst.shape))
         blocks, threads = grid1d(dst.size)
@@ -306,10 +320,30 @@ def _rows2d(a, n):
     return a.reshape(n, a.size // n if n else 0)
 
 
+def first_out_of_range(values, n, ignore=None):
+    """(i, values[i]) for the first entry of the 1-D int64 array ``values`` outside [0, n)
+    that is not ``ignore``, or None when every entry is a valid index into n items.
+
+    Hosts call this before a kernel indexes with ``values`` (no bounds checks in Numba);
+    one int comes back from the device (two when an entry is bad).
+    """
+    check_array("first_out_of_range", "values", values, ndim=1, dtype=np.int64)
+    if values.size == 0:
+        return None
+    first_bad = cuda.to_device(np.array([values.size], np.int64))
+    _find_out_of_range[grid1d(values.size)](values, n, ignore is not None, 0 if ignore is None else ignore,
+                                            first_bad)
+    i = int(first_bad.copy_to_host()[0])
+    if i == values.size:
+        return None
+    return i, int(values[i:i + 1].copy_to_host()[0])
+
+
 def take_rows(x, idx):
-    """x[idx] along axis 0; idx is an int64 device array of valid row indices."""
-    check_array("take_rows", "idx", idx, ndim=1, dtype=np.int64)
+    """x[idx] along axis 0; idx is an int64 device array of row indices in [0, x.shape[0])."""
     check_array("take_rows", "x", x)
+    n = check_row_indices("take_rows", idx, x.shape[0] if len(x.shape) else 0)
+    check_index_values("take_rows", first_out_of_range(idx, n), n)
     out = empty((idx.shape[0],) + tuple(x.shape[1:]), x.dtype)
     if out.size:
         blocks, threads = grid1d(out.size)
@@ -319,7 +353,10 @@ def take_rows(x, idx):
 
 def scatter_add_rows(g, idx, n):
     """The gradient of take_rows: zeros of n rows with g[j] added into row idx[j] (in order)."""
-    check_array("scatter_add_rows", "idx", idx, ndim=1, dtype=np.int64, shape=(g.shape[0],))
+    n = check_row_indices("scatter_add_rows", idx, n)
+    check_array("scatter_add_rows", "idx", idx, shape=(g.shape[0],))
+    check_array("scatter_add_rows", "g", g)
+    check_index_values("scatter_add_rows", first_out_of_range(idx, n), n)
     out = zeros((n,) + tuple(g.shape[1:]), g.dtype)
     if g.size:
         row_len = g.size // g.shape[0]
@@ -346,6 +383,7 @@ def ptx_signatures():
             (_take_rows, (m, m, int64[::1])),
             (_scatter_add_rows, (m, m, int64[::1])),
         ]
+    sigs.append((_find_out_of_range, (int64[::1], int64, types.boolean, int64, int64[::1])))
     sigs.append((_unary, (float32[::1], float64[::1], int64, float64)))
     sigs.append((_unary, (float64[::1], float32[::1], int64, float64)))
     return sigs

@@ -31,8 +31,12 @@ def _pin_blas_to_one_thread():
 
 
 @njit(parallel=True, cache=True)
-def _gemm_nn(a, b, out, beta, nblocks):
-    """out = a @ b + beta * out, rows split into nblocks contiguous blocks."""
+def _gemm(a, b, out, beta, nblocks):
+    """out = a @ b + beta * out, rows split into nblocks contiguous blocks (one BLAS call each).
+
+    b may be C- or F-contiguous (b.T of a C array: the trans_b case); numba compiles one
+    specialization per layout.
+    """
     m = a.shape[0]
     for t in prange(nblocks):
         r0 = t * m // nblocks
@@ -42,23 +46,6 @@ def _gemm_nn(a, b, out, beta, nblocks):
                 np.dot(a[r0:r1], b, out[r0:r1])
             else:
                 tmp = np.dot(a[r0:r1], b)
-                for i in range(r1 - r0):
-                    for j in range(out.shape[1]):
-                        out[r0 + i, j] = tmp[i, j] + beta * out[r0 + i, j]
-
-
-@njit(parallel=True, cache=True)
-def _gemm_nt(a, b, out, beta, nblocks):
-    """out = a @ b.T + beta * out (b stored (n, k))."""
-    m = a.shape[0]
-    for t in prange(nblocks):
-        r0 = t * m // nblocks
-        r1 = (t + 1) * m // nblocks
-        if r1 > r0:
-            if beta == 0.0:
-                np.dot(a[r0:r1], b.T, out[r0:r1])
-            else:
-                tmp = np.dot(a[r0:r1], b.T)
                 for i in range(r1 - r0):
                     for j in range(out.shape[1]):
                         out[r0 + i, j] = tmp[i, j] + beta * out[r0 + i, j]
@@ -76,18 +63,18 @@ def matmul(a, b, trans_a=False, trans_b=False, out=None, beta=0.0):
         beta = 0.0
     if m == 0 or n == 0:
         return out
-    if k == 0:
-        out *= beta
+    if k == 0:                          # op(a) @ op(b) is zero; beta == 0 ignores out (BLAS)
+        if beta == 0.0:
+            out[...] = 0
+        else:
+            out *= beta
         return out
     if trans_a:
         # rows of a.T are columns of a: not contiguous, so copy once (O(mk) next to O(mkn))
         a = np.ascontiguousarray(a.T)
     # enough rows per block that each BLAS call stays efficient
     nblocks = max(1, min(get_num_threads(), m // 16))
-    if trans_b:
-        _gemm_nt(a, b, out, float(beta), nblocks)
-    else:
-        _gemm_nn(a, b, out, float(beta), nblocks)
+    _gemm(a, b.T if trans_b else b, out, float(beta), nblocks)
     return out
 
 

@@ -4,13 +4,15 @@ Each block computes a TILE x TILE tile of out; the k loop walks TILE-wide slabs 
 op(a) and op(b) through shared memory, each thread accumulating one output element
 in registers, in a fixed order (deterministic). Transposes are index swaps on load.
 """
-from numba import cuda, float32, float64, int64, boolean
+import numpy as np
+from numba import boolean, cuda, float32, float64
 
 from nbdl.kernels._cuda import empty, grid1d
 from nbdl.kernels._cuda import zeros as _zeros
 from nbdl.kernels.linalg import check_bias_rows, check_matmul, check_sum_rows
 
 TILE = 16
+MAX_GRID_Y = 65535   # CUDA's limit on gridDim.y
 
 
 def _make_gemm(dtype):
@@ -20,8 +22,8 @@ def _make_gemm(dtype):
         sb = cuda.shared.array((TILE, TILE), dtype)
         tx = cuda.threadIdx.x
         ty = cuda.threadIdx.y
-        row = cuda.blockIdx.y * TILE + ty
-        col = cuda.blockIdx.x * TILE + tx
+        row = cuda.blockIdx.x * TILE + ty     # rows on grid x (up to 2^31 - 1 blocks): many-row batches
+        col = cuda.blockIdx.y * TILE + tx
         m = out.shape[0]
         n = out.shape[1]
         k = a.shape[0] if trans_a else a.shape[1]
@@ -59,12 +61,14 @@ def matmul(a, b, trans_a=False, trans_b=False, out=None, beta=0.0):
     op(a): (m, k); op(b): (k, n); returns out (m, n), allocated when None.
     """
     m, k, n = check_matmul(a, b, trans_a, trans_b, out, beta)
+    if (n + TILE - 1) // TILE > MAX_GRID_Y:
+        raise ValueError(f"matmul: op(b) has {n} columns; the CUDA GEMM supports at most {MAX_GRID_Y * TILE}")
     if out is None:
         out = empty((m, n), a.dtype)
         beta = 0.0
     if m and n:
-        grid = ((n + TILE - 1) // TILE, (m + TILE - 1) // TILE)
-        kernel = _gemm32 if a.dtype == float32 else _gemm64
+        grid = ((m + TILE - 1) // TILE, (n + TILE - 1) // TILE)
+        kernel = _gemm32 if np.dtype(a.dtype) == np.float32 else _gemm64   # not numba's float32 type
         kernel[grid, (TILE, TILE)](a, b, out, bool(trans_a), bool(trans_b), float(beta))
     return out
 

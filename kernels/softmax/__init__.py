@@ -106,10 +106,13 @@ def check_saved(op, x, samples, wsum, stats=None):
         check_array(op, "stats", stats, dtype=x.dtype, shape=(2, samples))
 
 
-def target_error(op, value, flat_index, target_shape, n_classes, ignore_index):
-    """The ValueError for a target outside [0, C) that is not ignore_index."""
+def check_target_values(op, bad, target_shape, n_classes, ignore_index):
+    """Raise for ``bad`` = (flat index, value) of a target outside [0, C) that is not
+    ignore_index (from the elementwise backends' first_out_of_range; None: all valid)."""
+    if bad is None:
+        return
+    flat_index, value = bad
     position = tuple(int(i) for i in np.unravel_index(flat_index, tuple(target_shape)))
     position = position[0] if len(position) == 1 else position
-    return ValueError(f"{op}: target {int(value)} at position {position} is out of bounds for "
-                      f"{n_classes} classes (valid: 0..{n_classes - 1}, or ignore_index={ignore_index})")
-
+    raise ValueError(f"{op}: target {value} at position {position} is out of bounds for "
+                     f"{n_classes} classes (valid: 0..{n_classes - 1}, or ignore_index={ignore_index})")

@@ -10,9 +10,10 @@ Loss sums are numpy's pairwise sums of per-sample values: deterministic.
 import numpy as np
 from numba import njit, prange
 
+from nbdl.kernels.elementwise.cpu import first_out_of_range
 from nbdl.kernels._fastmath import FASTMATH, FASTMATH_REDUCE, exp, fmax
 from nbdl.kernels.softmax import (check_classification, check_loss_grad, check_saved, check_softmax,
-                                  check_softmax_backward, split_axis, target_error)
+                                  check_softmax_backward, check_target_values, split_axis)
 
 _JIT = dict(cache=True, parallel=True, fastmath=FASTMATH, error_model="numpy")
 _BLOCK = 256   # inner-axis block of the strided kernels (two scratch rows of this length per task)
@@ -205,14 +206,6 @@ def log_softmax_backward(gy, y, axis):
 
 # --- losses ---------------------------------------------------------------------
 
-def _check_target_values(op, target, n_classes, ignore_index):
-    t = target.reshape(-1)
-    bad = ((t < 0) | (t >= n_classes)) & (t != ignore_index)
-    if bad.any():
-        i = int(np.argmax(bad))
-        raise target_error(op, t[i], i, target.shape, n_classes, ignore_index)
-
-
 def _weights(weight, c, dtype):
     return np.ones(c, dtype) if weight is None else weight
 
@@ -290,7 +283,8 @@ def cross_entropy_forward(x, target, weight=None, ignore_index=-100, label_smoot
     """
     op = "cross_entropy_forward"
     n, c, s, code, eps = check_classification(op, x, target, weight, ignore_index, reduction, label_smoothing)
-    _check_target_values(op, target, c, ignore_index)
+    check_target_values(op, first_out_of_range(target.reshape(-1), c, ignore_index), target.shape, c,
+                        ignore_index)
     rows = n * s
     w = _weights(weight, c, x.dtype)
     loss = np.empty(rows, x.dtype)
@@ -380,7 +374,8 @@ def nll_loss_forward(x, target, weight=None, ignore_index=-100, reduction="mean"
     """
     op = "nll_loss_forward"
     n, c, s, code, _ = check_classification(op, x, target, weight, ignore_index, reduction)
-    _check_target_values(op, target, c, ignore_index)
+    check_target_values(op, first_out_of_range(target.reshape(-1), c, ignore_index), target.shape, c,
+                        ignore_index)
     w = _weights(weight, c, x.dtype)
     loss = np.empty((n, s), x.dtype)
     wt = np.empty((n, s), x.dtype)

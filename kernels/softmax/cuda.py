@@ -13,8 +13,9 @@ import numpy as np
 from numba import boolean, config, cuda, float32, float64, int64
 
 from nbdl.kernels._cuda import empty, grid1d
+from nbdl.kernels.elementwise.cuda import first_out_of_range
 from nbdl.kernels.softmax import (check_classification, check_loss_grad, check_saved, check_softmax,
-                                  check_softmax_backward, split_axis, target_error)
+                                  check_softmax_backward, check_target_values, split_axis)
 
 MAX_THREADS = 128   # threads per row block (a power of two: the tree halves it)
 # At least a warp per row on a GPU; the simulator runs every thread as a Python
@@ -59,6 +60,18 @@ def _block_reduce(buf, v, is_max):
 def _make_kernels(dtype):
     """The block-reduction kernels for one float type (shared arrays need a fixed dtype)."""
 
+    @cuda.jit(device=True, inline="always")
+    def row_max_and_sum_exp(buf, x, o, i):
+        """(m, sum_l exp(x[o, l, i] - m)) with m = max_l x[o, l, i], over the block's threads."""
+        m = dtype(-math.inf)
+        for l in range(cuda.threadIdx.x, x.shape[1], cuda.blockDim.x):
+            m = max(m, x[o, l, i])
+        m = _block_reduce(buf, dtype(m), True)
+        s = dtype(0)
+        for l in range(cuda.threadIdx.x, x.shape[1], cuda.blockDim.x):
+            s += math.exp(x[o, l, i] - m)
+        return m, _block_reduce(buf, s, False)
+
     @cuda.jit(cache=True)
     def softmax_fwd(x, y, log):
         """One block per (outer, inner) row of x (outer, L, inner)."""
@@ -67,14 +80,7 @@ def _make_kernels(dtype):
         o = cuda.blockIdx.x // inner
         i = cuda.blockIdx.x - o * inner
         n = x.shape[1]
-        m = dtype(-math.inf)
-        for l in range(cuda.threadIdx.x, n, cuda.blockDim.x):
-            m = max(m, x[o, l, i])
-        m = _block_reduce(buf, dtype(m), True)
-        s = dtype(0)
-        for l in range(cuda.threadIdx.x, n, cuda.blockDim.x):
-            s += math.exp(x[o, l, i] - m)
-        s = _block_reduce(buf, s, False)
+        m, s = row_max_and_sum_exp(buf, x, o, i)
         log_s = math.log(s)
         inv = dtype(1) / s
         for l in range(cuda.threadIdx.x, n, cuda.blockDim.x):
@@ -109,14 +115,8 @@ def _make_kernels(dtype):
         n = cuda.blockIdx.x // ns
         s = cuda.blockIdx.x - n * ns
         c = x.shape[1]
-        m = dtype(-math.inf)
-        for k in range(cuda.threadIdx.x, c, cuda.blockDim.x):
-            m = max(m, x[n, k, s])
-        m = _block_reduce(buf, dtype(m), True)
-        acc = dtype(0)
-        for k in range(cuda.threadIdx.x, c, cuda.blockDim.x):
-            acc += math.exp(x[n, k, s] - m)
-        log_s = math.log(_block_reduce(buf, acc, False))
+        m, sum_exp = row_max_and_sum_exp(buf, x, n, s)
+        log_s = math.log(sum_exp)
         t = target[n, s]
         e = dtype(eps)
         smooth = dtype(0)
@@ -238,16 +238,6 @@ def _nll_bwd(g, code, target, weight, wsum, ignore_index, gx):
 
 
 @cuda.jit(cache=True)
-def _find_bad_target(target, n_classes, ignore_index, first_bad):
-    """first_bad[0] = smallest index whose target is outside [0, C) and not ignore_index."""
-    i = cuda.grid(1)
-    if i < target.size:
-        t = target[i]
-        if (t < 0 or t >= n_classes) and t != ignore_index:
-            cuda.atomic.min(first_bad, 0, i)
-
-
-@cuda.jit(cache=True)
 def _fill(a, v):
     i = cuda.grid(1)
     if i < a.size:
@@ -311,19 +301,6 @@ def log_softmax_backward(gy, y, axis):
 
 # --- losses ---------------------------------------------------------------------
 
-def _check_target_values(op, target, n_classes, ignore_index):
-    """Raise the ValueError of the first bad target; one int comes back from the device."""
-    flat = _flat(target)
-    if flat.size == 0:
-        return
-    first_bad = cuda.to_device(np.array([flat.size], np.int64))
-    _find_bad_target[grid1d(flat.size)](flat, n_classes, ignore_index, first_bad)
-    i = int(first_bad.copy_to_host()[0])
-    if i < flat.size:
-        value = flat[i:i + 1].copy_to_host()[0]
-        raise target_error(op, value, i, target.shape, n_classes, ignore_index)
-
-
 def _weights(weight, c, dtype):
     if weight is not None:
         return weight
@@ -349,7 +326,8 @@ def cross_entropy_forward(x, target, weight=None, ignore_index=-100, label_smoot
     """
     op = "cross_entropy_forward"
     n, c, s, code, eps = check_classification(op, x, target, weight, ignore_index, reduction, label_smoothing)
-    _check_target_values(op, target, c, ignore_index)
+    check_target_values(op, first_out_of_range(_flat(target), c, ignore_index), target.shape, c,
+                        ignore_index)
     w = _weights(weight, c, x.dtype)
     loss = empty((n, s), x.dtype)
     wt = empty((n, s), x.dtype)
@@ -386,7 +364,8 @@ def nll_loss_forward(x, target, weight=None, ignore_index=-100, reduction="mean"
     """
     op = "nll_loss_forward"
     n, c, s, code, _ = check_classification(op, x, target, weight, ignore_index, reduction)
-    _check_target_values(op, target, c, ignore_index)
+    check_target_values(op, first_out_of_range(_flat(target), c, ignore_index), target.shape, c,
+                        ignore_index)
     w = _weights(weight, c, x.dtype)
     loss = empty((n, s), x.dtype)
     wt = empty((n, s), x.dtype)
@@ -413,7 +392,7 @@ def nll_loss_backward(gloss, x, target, weight, wsum, ignore_index=-100, reducti
 
 def ptx_signatures():
     """Every kernel with the argument types the launchers pass, float32 and float64."""
-    sigs = [(_find_bad_target, (int64[::1], int64, int64, int64[::1]))]
+    sigs = []
     for f in (float32, float64):
         v, m3, t2 = f[::1], f[:, :, ::1], int64[:, ::1]
         fwd, bwd, ce, red = _KERNELS[np.dtype(f.name)]

@@ -85,14 +85,18 @@ def normal_(tensor, mean=0.0, std=1.0):
 
 
 def trunc_normal_(tensor, mean=0.0, std=1.0, a=-2.0, b=2.0):
-    """Normal(mean, std) redrawn until inside [a, b]."""
+    """Normal(mean, std) redrawn until inside [a, b] (absolute bounds, like PyTorch)."""
     _check("trunc_normal_", tensor)
+    if not (std > 0 and a < b):
+        raise ValueError(f"trunc_normal_: need std > 0 and a < b, got std={std}, a={a}, b={b}")
     n = tensor.numel()
     out = np.empty(0)
-    while out.size < n:
+    for _ in range(1000):
+        if out.size >= n:
+            return _assign(tensor, out[:n])
         draw = generator().normal(mean, std, size=2 * n + 16)
         out = np.concatenate([out, draw[(draw >= a) & (draw <= b)]])
-    return _assign(tensor, out[:n])
+    raise ValueError(f"trunc_normal_: [a, b] = [{a}, {b}] holds almost none of N({mean}, {std}^2)")
 
 
 def constant_(tensor, val):

@@ -9,7 +9,7 @@ from collections import OrderedDict, namedtuple
 import numpy as np
 
 from nbdl import device as _dev
-from nbdl.tensor import Tensor, as_dtype, float32, float64
+from nbdl.tensor import Tensor, as_dtype, float32, float64, parse_to_args
 
 __all__ = ["Module", "Parameter", "Sequential", "ModuleList", "ModuleDict"]
 
@@ -30,6 +30,19 @@ class Parameter(Tensor):
 _IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 
 
+def _require(ok, value, kind, name, expected):
+    if not ok:
+        raise TypeError(f"cannot assign {type(value).__name__} as {kind} {name!r} ({expected} or None expected)")
+
+
+def _check_name(op, name):
+    """A name that can appear in a state_dict key: a non-empty str without '.'."""
+    if not isinstance(name, str):
+        raise TypeError(f"{op}: name must be a str, got {type(name).__name__}")
+    if not name or "." in name:
+        raise KeyError(f"{op}: name {name!r} cannot be empty or contain '.'")
+
+
 class Module:
     """Base class of every layer and model."""
 
@@ -42,24 +55,40 @@ class Module:
 
     # -- registration --
     def __setattr__(self, name, value):
+        """Register Parameters, Modules and buffers by assignment, with PyTorch's rules.
+
+        A Parameter or a Module replaces whatever the name held before (a plain
+        attribute included, which would otherwise shadow it). A name registered as a
+        parameter accepts only a Parameter or None, a child module only a Module or
+        None, a buffer only a Tensor or None: anything else is a TypeError, never a
+        silent unregistration.
+        """
         if "_parameters" not in self.__dict__:
             raise AttributeError(f"{type(self).__name__}: call super().__init__() before assigning attributes")
         params, modules, buffers = self._parameters, self._modules, self._buffers
-        for d in (params, modules, buffers):
-            if name in d and not (d is params and (value is None or isinstance(value, Parameter))) \
-                    and not (d is modules and (value is None or isinstance(value, Module))) \
-                    and not (d is buffers and (value is None or isinstance(value, Tensor))):
-                del d[name]
         if isinstance(value, Parameter):
+            self._forget(name)
             params[name] = value
-        elif isinstance(value, Module):
-            modules[name] = value
-        elif name in params and value is None:
+        elif name in params:
+            _require(value is None, value, "parameter", name, "Parameter")
             params[name] = None
+        elif isinstance(value, Module):
+            self._forget(name)
+            modules[name] = value
+        elif name in modules:
+            _require(value is None, value, "child module", name, "Module")
+            modules[name] = None
         elif name in buffers:
+            _require(value is None or isinstance(value, Tensor), value, "buffer", name, "Tensor")
             buffers[name] = value
         else:
             object.__setattr__(self, name, value)
+
+    def _forget(self, name):
+        """Drop ``name`` from every store (before it is registered anew)."""
+        for store in (self.__dict__, self._parameters, self._modules, self._buffers):
+            store.pop(name, None)
+        self._non_persistent.discard(name)
 
     def __getattr__(self, name):
         d = self.__dict__
@@ -72,27 +101,32 @@ class Module:
         for store in (self._parameters, self._buffers, self._modules):
             if name in store:
                 del store[name]
+                self._non_persistent.discard(name)
                 return
         object.__delattr__(self, name)
 
     def register_parameter(self, name, param):
+        _check_name("register_parameter", name)
         if param is not None and not isinstance(param, Parameter):
             raise TypeError(f"register_parameter: {name!r} must be a Parameter or None, got {type(param).__name__}")
-        self.__dict__.pop(name, None)
+        self._forget(name)
         self._parameters[name] = param
 
     def register_buffer(self, name, tensor, persistent=True):
         """A tensor that is state but not a parameter (e.g. running_mean); saved in state_dict when persistent."""
+        _check_name("register_buffer", name)
         if tensor is not None and not isinstance(tensor, Tensor):
             raise TypeError(f"register_buffer: {name!r} must be a Tensor or None, got {type(tensor).__name__}")
-        self.__dict__.pop(name, None)
+        self._forget(name)
         self._buffers[name] = tensor
         if not persistent:
             self._non_persistent.add(name)
 
     def add_module(self, name, module):
+        _check_name("add_module", name)
         if module is not None and not isinstance(module, Module):
             raise TypeError(f"add_module: {name!r} must be a Module, got {type(module).__name__}")
+        self._forget(name)
         self._modules[name] = module
 
     register_module = add_module
@@ -196,11 +230,7 @@ class Module:
 
     def to(self, *args, device=None, dtype=None):
         """to(device), to(dtype) or to(device, dtype): in place, returns self (like PyTorch)."""
-        for a in args:
-            if isinstance(a, str) and (a == "cpu" or a.startswith("cuda")):
-                device = a
-            else:
-                dtype = a
+        device, dtype = parse_to_args(args, device, dtype)
         device = _dev.require(device) if device is not None else None
         if dtype is not None:
             dtype = as_dtype(dtype)
@@ -297,8 +327,8 @@ class Sequential(Module):
 
     def __getitem__(self, i):
         mods = list(self._modules.values())
-        if isinstance(i, slice):
-            return Sequential(*mods[i])
+        if isinstance(i, slice):    # keeps the names, so state_dict keys still match
+            return Sequential(OrderedDict(list(self._modules.items())[i]))
         return mods[i]
 
     def __len__(self):

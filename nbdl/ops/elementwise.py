@@ -20,9 +20,9 @@ def _pair(op, a, b):
     if not isinstance(a, Tensor) and not isinstance(b, Tensor):
         raise TypeError(f"{op}: at least one operand must be a Tensor")
     if not isinstance(a, Tensor):
-        a = as_tensor(a, like=b)
+        a = _scalar_operand(op, a, b)
     if not isinstance(b, Tensor):
-        b = as_tensor(b, like=a)
+        b = _scalar_operand(op, b, a)
     check_same_device(op, a=a, b=b)
     check_same_dtype(op, a=a, b=b)
     try:
@@ -32,10 +32,17 @@ def _pair(op, a, b):
     return a, b
 
 
-def _float_only(op, *tensors):
-    for t in tensors:
-        if t.dtype.kind != "f" and t.requires_grad:
-            raise TypeError(f"{op}: gradients need float tensors, got {t.dtype}")
+def _scalar_operand(op, x, like):
+    """A Python number (or array) as a tensor of ``like``'s dtype and device, refusing the
+    conversions that would change its value (0.5 into an int tensor's 0, 2 into a bool's True)."""
+    if _is_scalar(x) or isinstance(x, bool):
+        kind = like.dtype.kind
+        is_bool = isinstance(x, (bool, np.bool_))
+        lossy = (kind in "iu" and isinstance(x, (float, np.floating))) or (kind == "b" and not is_bool)
+        if lossy:
+            raise TypeError(f"{op}: the {type(x).__name__} {x!r} does not fit a tensor of dtype {like.dtype} "
+                            f"(no implicit casting; convert the tensor first, e.g. with .to(nbdl.float32))")
+    return as_tensor(x, like=like)
 
 
 def add(a, b):
@@ -88,6 +95,9 @@ def div(a, b):
 
 
 def neg(x):
+    """-x; d/dx = -1."""
+    if x.dtype == np.bool_:
+        raise TypeError("neg: negation of a bool tensor is not supported; use logical operations")
     K = kernels("elementwise", x.device)
     return make_tensor(K.scale(x.array, -1.0), (x,), lambda gy: (K.scale(gy, -1.0),))
 
@@ -101,11 +111,14 @@ def pow(x, exponent):
     K = kernels("elementwise", x.device)
 
     def backward(gy):
+        if p == 0.0:                   # x^0 = 1: zero gradient, also at x = 0 where x^-1 is inf
+            return (K.zeros(x.shape, x.dtype),)
         return (K.mul(gy, K.scale(K.pow_scalar(x.array, p - 1.0), p)),)
     return make_tensor(K.pow_scalar(x.array, p), (x,), backward)
 
 
 def exp(x):
+    """e^x; d/dx = e^x (the output, kept for the backward)."""
     check_tensor("exp", "x", x, dtype="float")
     K = kernels("elementwise", x.device)
     y = K.exp(x.array)
@@ -113,12 +126,14 @@ def exp(x):
 
 
 def log(x):
+    """Natural logarithm; d/dx = 1 / x."""
     check_tensor("log", "x", x, dtype="float")
     K = kernels("elementwise", x.device)
     return make_tensor(K.log(x.array), (x,), lambda gy: (K.div(gy, x.array),))
 
 
 def sqrt(x):
+    """Square root; d/dx = 0.5 / sqrt(x)."""
     check_tensor("sqrt", "x", x, dtype="float")
     K = kernels("elementwise", x.device)
     y = K.sqrt(x.array)
@@ -126,21 +141,28 @@ def sqrt(x):
 
 
 def abs(x):
+    """|x|; d/dx = sign(x) (0 at 0, like PyTorch)."""
     check_tensor("abs", "x", x, dtype="float")
     K = kernels("elementwise", x.device)
     return make_tensor(K.abs(x.array), (x,), lambda gy: (K.mul(gy, K.sign(x.array)),))
 
 
 def matmul(a, b):
-    """a @ b: (n, k) @ (k, m), or (..., k) @ (k, m) with the leading axes flattened."""
+    """a @ b: (n, k) @ (k, m), or (..., k) @ (k, m) with the leading axes flattened.
+
+    A 1-D b (k,) is a column vector whose axis is dropped from the result, like torch.matmul:
+    (..., k) @ (k,) -> (...), and (k,) @ (k,) -> () (a dot product).
+    """
     a, b = as_tensor(a), as_tensor(b)
     check_tensor("matmul", "a", a, min_ndim=1)
-    check_tensor("matmul", "b", b, ndim=2)
+    check_tensor("matmul", "b", b, ndim=(1, 2))
     check_same_device("matmul", a=a, b=b)
     check_same_dtype("matmul", a=a, b=b)
     check_tensor("matmul", "a", a, dtype="float")
     if a.shape[-1] != b.shape[0]:
         raise ValueError(f"matmul: inner dimensions differ: a.shape={a.shape}, b.shape={b.shape}")
+    if b.ndim == 1:
+        return matmul(a, b.reshape(b.shape[0], 1)).reshape(*a.shape[:-1])
     lead = a.shape[:-1]
     a2 = a.reshape(-1, a.shape[-1]) if a.ndim != 2 else a
     L = kernels("linalg", a.device)
@@ -183,6 +205,7 @@ def sum(x, axis=None, keepdims=False):
 
 
 def mean(x, axis=None, keepdims=False):
+    """sum(x, axis) / (number of elements reduced); float tensors only."""
     check_tensor("mean", "x", x, dtype="float")
     axes = _axes("mean", axis, x.ndim)
     count = int(np.prod([x.shape[a] for a in axes], dtype=np.int64))
@@ -227,6 +250,7 @@ def reshape(x, *shape):
 
 
 def flatten(x, start_dim=0, end_dim=-1):
+    """Merge axes start_dim..end_dim into one (a 0-d tensor becomes shape (1,))."""
     if x.ndim == 0:
         return reshape(x, 1)
     s = normalize_axis("flatten", start_dim, x.ndim)
@@ -251,6 +275,7 @@ def permute(x, *dims):
 
 
 def transpose(x, dim0, dim1):
+    """Swap two axes (a contiguous copy)."""
     perm = list(range(x.ndim))
     d0, d1 = normalize_axis("transpose", dim0, x.ndim), normalize_axis("transpose", dim1, x.ndim)
     perm[d0], perm[d1] = perm[d1], perm[d0]
@@ -274,6 +299,8 @@ def getitem(x, key):
     if isinstance(key, slice):
         return _rows(x, key)
     idx = key.numpy() if isinstance(key, Tensor) else np.asarray(key)
+    if idx.size == 0 and idx.ndim == 1:
+        idx = idx.astype(np.int64)     # x[[]]: np.asarray([]) is float64
     if idx.dtype.kind == "b":
         if idx.shape != (n,):
             raise IndexError(f"getitem: boolean mask of shape {idx.shape} for axis 0 of size {n}")
@@ -310,6 +337,7 @@ def _gather(x, idx):
 # --- copies -------------------------------------------------------------------------
 
 def clone(x):
+    """A copy with its own storage; the gradient passes through unchanged."""
     K = kernels("elementwise", x.device)
     return make_tensor(K.copy(x.array), (x,), lambda gy: (gy,))
 

@@ -30,14 +30,20 @@ def _reduction(op, size_average, reduce, reduction):
     return reduction
 
 
+def _on_device_of(x, v):
+    """A Tensor (or None) as it is; a numpy array or list as a tensor on x's device, keeping its dtype."""
+    if v is None or isinstance(v, Tensor):
+        return v
+    return as_tensor(np.asarray(v), like=x)
+
+
 def _class_inputs(op, input, target, weight):
     """Validated (input, target, weight) with an unbatched (C,) input promoted to (1, C)."""
     x = as_tensor(input)
     check_tensor(op, "input", x, dtype="float")
     if x.ndim == 0:
         raise ValueError(f"{op}: input must have shape (C,), (N, C) or (N, C, d1, ...), got ()")
-    t = target if isinstance(target, Tensor) else as_tensor(np.asarray(target), like=None)
-    w = None if weight is None else as_tensor(weight)
+    t, w = _on_device_of(x, target), _on_device_of(x, weight)
     check_same_device(op, input=x, target=t, weight=w)
     if w is not None:
         check_same_dtype(op, input=x, weight=w)
@@ -87,7 +93,10 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
 
 
 def _cross_entropy_probs(op, x, t, w, reduction, label_smoothing):
-    """-sum_c w_c q_c log_softmax(x)_c with q = (1 - e) t + e / C; mean divides by N."""
+    """-sum_c w_c q_c log_softmax(x)_c with q = (1 - e) t + e / C per sample.
+
+    The mean divides by the number of samples N * d1 * ... (input.numel() / C), like PyTorch.
+    """
     from nbdl.ops.activation import log_softmax
     check_same_dtype(op, input=x, target=t)
     if t.shape != x.shape:
@@ -105,7 +114,9 @@ def _cross_entropy_probs(op, x, t, w, reduction, label_smoothing):
     if reduction == "none":
         return per_sample
     total = per_sample.sum()
-    return total * (1.0 / max(x.shape[0], 1)) if reduction == "mean" and x.ndim > 1 else total
+    if reduction == "sum":
+        return total
+    return total * (1.0 / max(per_sample.numel(), 1))
 
 
 def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None, reduction="mean"):
