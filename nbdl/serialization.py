@@ -55,6 +55,9 @@ def save(obj, path):
             np.savez(f, **flat)
             f.flush()
             os.fsync(f.fileno())
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)   # mkstemp makes files owner-only; give the usual mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -1,0 +1,7 @@
+"""``python -m nbdl``: the same as the ``nbdl`` command."""
+
+import sys
+
+from nbdl.cli import main
+
+sys.exit(main())
