@@ -1,0 +1,1 @@
+"""nbdl asv benchmarks: one module per op family; conventions in ``_common``."""

@@ -1,0 +1,83 @@
+"""Recurrent layers: nn.RNN / nn.LSTM / nn.GRU over a whole sequence, nbdl vs PyTorch.
+
+Parameters: device, cell ("lstm", "gru", "rnn_tanh") and shape (T, B, I, H) =
+(steps, batch, input size, hidden size), float32, one layer, one direction:
+
+* (50, 32, 256, 256): a mid-sized layer, LSTM and GRU;
+* (100, 1, 128, 128): batch 1, latency-bound (per-step overhead dominates), LSTM and GRU;
+* (50, 16, 1760, 1760): a DeepSpeech-sized layer, vanilla RNN and GRU.
+
+Other (cell, shape) pairs show as n/a. The input does not require grad (a first
+layer), so forward+backward computes the weight gradients but not dx, in both
+frameworks. FLOPs count the GEMMs only: forward 2 T B G H (I + H) with G gate
+blocks; backward adds 2 T B G H (I + 2H) (dW_ih, dW_hh and the recurrent dh).
+"""
+from ._common import Benchmark, DEVICES, first_time, flops, largest_shape_only, nbdl_on, randn, torch_on
+
+CELLS = ["lstm", "gru", "rnn_tanh"]
+SHAPES = [(100, 1, 128, 128), (50, 32, 256, 256), (50, 16, 1760, 1760)]
+RUNS = {
+    (100, 1, 128, 128): ("lstm", "gru"),
+    (50, 32, 256, 256): ("lstm", "gru"),
+    (50, 16, 1760, 1760): ("rnn_tanh", "gru"),
+}
+GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1}
+
+
+def forward_flops(device, cell, shape):
+    t, b, i, h = shape
+    return 2 * t * b * GATES[cell] * h * (i + h)
+
+
+def forward_backward_flops(device, cell, shape):
+    t, b, i, h = shape
+    return forward_flops(device, cell, shape) + 2 * t * b * GATES[cell] * h * (i + 2 * h)
+
+
+class _RNN(Benchmark):
+    params = (DEVICES, CELLS, SHAPES)
+    param_names = ("device", "cell", "shape")
+    framework = staticmethod(nbdl_on)
+    timeout = 300.0
+
+    def setup(self, device, cell, shape):
+        if cell not in RUNS[shape]:
+            raise NotImplementedError(f"{cell} is not benchmarked at {shape}")
+        self.fw = fw = self.framework(device)
+        fw.module.manual_seed(0)
+        steps, batch, inputs, hidden = shape
+        layer = {"lstm": fw.nn.LSTM, "gru": fw.nn.GRU, "rnn_tanh": fw.nn.RNN}[cell]
+        self.layer = layer(inputs, hidden).to(fw.device)
+        self.x = fw.tensor(randn((steps, batch, inputs)))
+        if first_time(type(self), device, cell, shape):
+            self.forward_backward()              # compiles (or loads) every kernel
+
+    def forward(self):
+        with self.fw.no_grad():
+            self.layer(self.x)
+        self.fw.sync()
+
+    def forward_backward(self):
+        out, _ = self.layer(self.x)
+        out.sum().backward()
+        self.fw.sync()
+
+    @flops(forward_flops)
+    def time_rnn_forward(self, device, cell, shape):
+        self.forward()
+
+    @flops(forward_backward_flops)
+    def time_rnn_forward_backward(self, device, cell, shape):
+        self.forward_backward()
+
+    @largest_shape_only(params)
+    def peakmem_rnn(self, device, cell, shape):
+        self.forward_backward()
+
+
+class RNN(_RNN):
+    pass
+
+
+class TorchRNN(_RNN):
+    framework = staticmethod(torch_on)
