@@ -404,7 +404,7 @@ def test_bad_input_is_rejected(device):
     m = nn.LSTM(3, 4, num_layers=2, device=device)
     x = nbdl.zeros(5, 2, 3, device=device)
     cases = [
-        (ValueError, "shape", lambda: m(nbdl.zeros(5, 2, 4, device=device))),             # input_size
+        (ValueError, "input_size is 3", lambda: m(nbdl.zeros(5, 2, 4, device=device))),
         (ValueError, "dimensions", lambda: m(nbdl.zeros(5, 2, 3, 1, device=device))),      # rank
         (ValueError, "hx must have shape", lambda: m(x, (nbdl.zeros(1, 2, 4, device=device),
                                                          nbdl.zeros(2, 2, 4, device=device)))),
@@ -451,6 +451,11 @@ def test_kernel_argument_checks():
         K.rnn_forward(x, h, np.zeros((4, 3)), np.zeros((4, 4)), None, None, nonlinearity="gelu")
     with pytest.raises(ValueError, match=r"p must be < 1.0"):
         K.recurrent_dropout_mask(2, 3, 1.0, 0, np.float32)
+    y, hn, cn, hs, cs, gates = K.lstm_forward(x, h, h, w_ih, w_hh, None, None)
+    with pytest.raises(ValueError, match=r"dh_n must have shape \(1, 4\)"):
+        K.lstm_backward(y, np.zeros((2, 4)), cn, x, w_ih, w_hh, hs, cs, gates)
+    with pytest.raises(ValueError, match=r"gates must have shape \(2, 1, 16\)"):
+        K.lstm_backward(y, hn, cn, x, w_ih, w_hh, hs, cs, gates[:1])
 
 
 # --- small sequence tasks train ------------------------------------------------------------------

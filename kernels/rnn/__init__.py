@@ -76,10 +76,11 @@ def check_lengths(op, lengths, batch, steps):
     return np.ascontiguousarray(arr, dtype=np.int64)
 
 
-def check_forward(op, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, mask=None):
+def check_forward(op, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, mask=None, states=("h0", "c0")):
     """Validate one layer's forward arguments; return (T, B, I, H, dtype).
 
-    cell: "rnn", "lstm" or "gru" (G = 1, 4, 3 gate blocks).
+    cell: "rnn", "lstm" or "gru" (G = 1, 4, 3 gate blocks). states: the names of
+    h0 and c0 in messages (the backward passes its dh_n and dc_n there).
     """
     g = GATES[cell]
     check_array(op, "x", x, ndim=3, dtype="float")
@@ -91,15 +92,16 @@ def check_forward(op, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, mask=None):
     if steps < 1 or batch < 1:
         raise ValueError(f"{op}: x must hold at least one step and one batch row, got shape {tuple(x.shape)}")
     check_array(op, "w_ih", w_ih, shape=(g * hidden, inputs), dtype="float")
-    check_array(op, "h0", h0, shape=(batch, hidden), dtype="float")
+    check_array(op, states[0], h0, shape=(batch, hidden), dtype="float")
     for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
         if b is not None:
             check_array(op, name, b, shape=(g * hidden,), dtype="float")
     if c0 is not None:
-        check_array(op, "c0", c0, shape=(batch, hidden), dtype="float")
+        check_array(op, states[1], c0, shape=(batch, hidden), dtype="float")
     if mask is not None:
         check_array(op, "mask", mask, shape=(batch, hidden), dtype="float")
-    dtype = check_float(op, x=x, h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, mask=mask)
+    dtype = check_float(op, x=x, **{states[0]: h0, states[1]: c0}, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh,
+                        mask=mask)
     return steps, batch, inputs, hidden, dtype
 
 

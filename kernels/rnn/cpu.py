@@ -1,7 +1,8 @@
 """CPU recurrent layers: GEMMs around one compiled time loop per cell.
 
 Forward: the input projection x @ w_ih.T of all T steps is one GEMM
-(``nbdl.kernels.linalg.cpu.matmul``), written straight into the gates array. Then
+(``nbdl.kernels.linalg.cpu.matmul``; one BLAS call on the calling thread when it is
+small), written straight into the gates array. Then
 one ``@njit`` call runs the whole time loop, so no step pays Python's call
 overhead (at B=1 a step takes a few microseconds). Batch rows never interact in a
 recurrence, so the batch is cut into contiguous row blocks, one per thread, and
@@ -22,8 +23,8 @@ transposed once per call. Then dx is one GEMM, and dw_ih, dw_hh and the bias
 gradients are sums over all T*B rows, cut into a fixed number of row chunks (BLAS
 on transposed views, no copies) added in order: deterministic for any thread count.
 
-Work under about a million multiply-adds runs on one thread without entering a
-parallel region. Only numba's thread pool ever runs (the BLAS behind np.dot is
+Work under about 8 million multiply-adds (~0.1 ms) runs on the calling thread
+without entering a parallel region. Only numba's thread pool ever runs (the BLAS behind np.dot is
 held at one thread), so no second pool spins against it.
 """
 import numpy as np
@@ -54,24 +55,32 @@ def _gemm_nt(a, b, out):
 
     Each block keeps 16 accumulators; the k loop vectorizes (its sums may be
     reassociated: FASTMATH_REDUCE) and loads 8 values per 16 multiply-adds.
-    Leftover rows and columns fall back to single dot products.
+    Rows of b (the weights) are the outer loop, so b streams through the cache
+    once per call while the few rows of a stay in L1 (10-50% faster than rows
+    of a outside). Leftover rows and columns fall back to single dot products.
     """
     m = a.shape[0]
     n = b.shape[0]
     k = a.shape[1]
+    if m < 4:                   # matrix-vector products: one dot per output
+        for i in range(m):
+            ai = a[i]
+            for j in range(n):
+                out[i, j] = _dot(ai, b[j])
+        return
     z = a.dtype.type(0)
     m4 = m - m % 4
     n4 = n - n % 4
-    for i in range(0, m4, 4):
-        a0 = a[i]
-        a1 = a[i + 1]
-        a2 = a[i + 2]
-        a3 = a[i + 3]
-        for j in range(0, n4, 4):
-            b0 = b[j]
-            b1 = b[j + 1]
-            b2 = b[j + 2]
-            b3 = b[j + 3]
+    for j in range(0, n4, 4):
+        b0 = b[j]
+        b1 = b[j + 1]
+        b2 = b[j + 2]
+        b3 = b[j + 3]
+        for i in range(0, m4, 4):
+            a0 = a[i]
+            a1 = a[i + 1]
+            a2 = a[i + 2]
+            a3 = a[i + 3]
             c00 = c01 = c02 = c03 = z
             c10 = c11 = c12 = c13 = z
             c20 = c21 = c22 = c23 = z
@@ -117,13 +126,13 @@ def _gemm_nt(a, b, out):
             out[i + 3, j + 1] = c31
             out[i + 3, j + 2] = c32
             out[i + 3, j + 3] = c33
-        for j in range(n4, n):
-            for ii in range(i, i + 4):
-                out[ii, j] = _dot(a[ii], b[j])
-    for i in range(m4, m):
-        ai = a[i]
-        for j in range(n):
-            out[i, j] = _dot(ai, b[j])
+        for i in range(m4, m):
+            for jj in range(j, j + 4):
+                out[i, jj] = _dot(a[i], b[jj])
+    for j in range(n4, n):
+        bj = b[j]
+        for i in range(m):
+            out[i, j] = _dot(a[i], bj)
 
 
 @njit(**_JIT)
@@ -171,8 +180,30 @@ def _masked(h, mask, r0, hrec):
 
 _PARTS = 4                # row chunks of a weight-gradient sum: fixed, so the result does not
                           # depend on the thread count
-_SERIAL_WORK = 1 << 20    # multiply-adds below which one thread does it all: waking the thread
-                          # pool costs more (on a busy machine, far more)
+_SERIAL_WORK = 1 << 23    # multiply-adds (~0.1 ms on one core) below which one thread does it
+                          # all: waking the thread pool costs microseconds on an idle machine and
+                          # milliseconds on a busy one, where a parallel region waits for a core
+
+
+@njit(**_JIT)
+def _gemm_rows(a, b, out, trans_b):
+    """out = a @ b.T (trans_b) or a @ b, one BLAS call on this thread."""
+    if trans_b:
+        np.dot(a, b.T, out)
+    else:
+        np.dot(a, b, out)
+
+
+def _gemm(a, b, trans_b=False):
+    """a @ op(b): ``matmul`` (row blocks on every thread), or one call on this thread for
+    small products."""
+    n = b.shape[0] if trans_b else b.shape[1]
+    if a.shape[0] * a.shape[1] * n >= _SERIAL_WORK:
+        return matmul(a, b, trans_b=trans_b)
+    out = np.empty((a.shape[0], n), dtype=a.dtype)
+    _pin_blas_to_one_thread()
+    _gemm_rows(a, b, out, trans_b)
+    return out
 
 
 @njit(**_JIT)
@@ -666,7 +697,7 @@ def _mask_arg(mask, hidden, dtype):
 def _input_projection(x, w_ih):
     """xw (T, B, G*H) = x @ w_ih.T for all steps in one GEMM."""
     steps, batch, inputs = x.shape
-    return matmul(x.reshape(steps * batch, inputs), w_ih, trans_b=True).reshape(steps, batch, -1)
+    return _gemm(x.reshape(steps * batch, inputs), w_ih, trans_b=True).reshape(steps, batch, -1)
 
 
 def _states(steps, batch, hidden, h0, reverse, dtype):
@@ -693,7 +724,7 @@ def _weight_grads(dg, x, w_ih, hrec, need_dx):
     """dx, dW_ih, dW_hh, db from the stacked pre-activation gradients dg (T, B, G)."""
     steps, batch, g = dg.shape
     dg2 = dg.reshape(steps * batch, g)
-    dx = matmul(dg2, w_ih).reshape(x.shape) if need_dx else None
+    dx = _gemm(dg2, w_ih).reshape(x.shape) if need_dx else None
     dw_ih = _grad_tn(dg2, x.reshape(steps * batch, x.shape[2]))
     dw_hh = _grad_tn(dg2, hrec)
     return dx, dw_ih, dw_hh, _col_sums(dg2)
@@ -726,7 +757,8 @@ def rnn_backward(dy, dh_n, x, w_ih, w_hh, hs, nonlinearity="tanh", reverse=False
     """
     op = "rnn_backward"
     relu = check_nonlinearity(op, nonlinearity) == "relu"
-    steps, batch, _, hidden, dtype = check_forward(op, "rnn", x, dh_n, None, w_ih, w_hh, None, None)
+    steps, batch, _, hidden, dtype = check_forward(op, "rnn", x, dh_n, None, w_ih, w_hh, None, None,
+                                                    states=("dh_n", "dc_n"))
     check_backward(op, dy, dh_n, None, x, {"hs": hs}, {"hs": (steps + 1, batch, hidden)})
     lengths = check_lengths(op, lengths, batch, steps)
     dh = dh_n.copy()
@@ -765,7 +797,8 @@ def lstm_backward(dy, dh_n, dc_n, x, w_ih, w_hh, hs, cs, gates, reverse=False, l
     dw_hh (4H, H), db_ih, db_hh (4H,) (equal: both biases enter the same sums).
     """
     op = "lstm_backward"
-    steps, batch, _, hidden, dtype = check_forward(op, "lstm", x, dh_n, dc_n, w_ih, w_hh, None, None, mask)
+    steps, batch, _, hidden, dtype = check_forward(op, "lstm", x, dh_n, dc_n, w_ih, w_hh, None, None, mask,
+                                                    states=("dh_n", "dc_n"))
     state = (steps + 1, batch, hidden)
     check_backward(op, dy, dh_n, dc_n, x, {"hs": hs, "cs": cs, "gates": gates},
                    {"hs": state, "cs": state, "gates": (steps, batch, 4 * hidden)})
@@ -808,7 +841,8 @@ def gru_backward(dy, dh_n, x, w_ih, w_hh, hs, gates, aux, reset_after=True, reve
     db_ih, db_hh (3H,).
     """
     op = "gru_backward"
-    steps, batch, _, hidden, dtype = check_forward(op, "gru", x, dh_n, None, w_ih, w_hh, None, None, mask)
+    steps, batch, _, hidden, dtype = check_forward(op, "gru", x, dh_n, None, w_ih, w_hh, None, None, mask,
+                                                    states=("dh_n", "dc_n"))
     check_backward(op, dy, dh_n, None, x, {"hs": hs, "gates": gates, "aux": aux},
                    {"hs": (steps + 1, batch, hidden), "gates": (steps, batch, 3 * hidden),
                     "aux": (steps, batch, hidden)})

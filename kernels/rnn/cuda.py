@@ -323,7 +323,7 @@ def _bias_sum(b_ih, b_hh, rows, dtype):
     return add(b_ih, b_hh), b_ih, b_hh
 
 
-def _mask_arg(mask, batch, hidden, dtype):
+def _mask_arg(mask, dtype):
     """The kernels read mask only when use_mask; pass a 1 x 1 stand-in otherwise."""
     return (empty((1, 1), dtype), False) if mask is None else (mask, True)
 
@@ -417,13 +417,14 @@ def rnn_backward(dy, dh_n, x, w_ih, w_hh, hs, nonlinearity="tanh", reverse=False
     """
     op = "rnn_backward"
     relu = check_nonlinearity(op, nonlinearity) == "relu"
-    steps, batch, _, hidden, dtype = check_forward(op, "rnn", x, dh_n, None, w_ih, w_hh, None, None)
+    steps, batch, _, hidden, dtype = check_forward(op, "rnn", x, dh_n, None, w_ih, w_hh, None, None,
+                                                    states=("dh_n", "dc_n"))
     check_backward(op, dy, dh_n, None, x, {"hs": hs}, {"hs": (steps + 1, batch, hidden)})
     d_lengths = cuda.to_device(check_lengths(op, lengths, batch, steps))
     dh = copy(dh_n)
     dg = empty((steps, batch, hidden), dtype)
     dhr = empty((batch, hidden), dtype)
-    no_mask, _ = _mask_arg(None, batch, hidden, dtype)
+    no_mask, _ = _mask_arg(None, dtype)
     for t in _order(steps, reverse, backward=True):
         tout = _slots(t, reverse)[1]
         _launch(_rnn_step_bwd, batch, hidden, dy, dh, hs, dg, d_lengths, t, tout, relu)
@@ -466,7 +467,8 @@ def lstm_backward(dy, dh_n, dc_n, x, w_ih, w_hh, hs, cs, gates, reverse=False, l
     dw_hh (4H, H), db_ih, db_hh (4H,) (equal: both biases enter the same sums).
     """
     op = "lstm_backward"
-    steps, batch, _, hidden, dtype = check_forward(op, "lstm", x, dh_n, dc_n, w_ih, w_hh, None, None, mask)
+    steps, batch, _, hidden, dtype = check_forward(op, "lstm", x, dh_n, dc_n, w_ih, w_hh, None, None, mask,
+                                                    states=("dh_n", "dc_n"))
     state = (steps + 1, batch, hidden)
     check_backward(op, dy, dh_n, dc_n, x, {"hs": hs, "cs": cs, "gates": gates},
                    {"hs": state, "cs": state, "gates": (steps, batch, 4 * hidden)})
@@ -474,7 +476,7 @@ def lstm_backward(dy, dh_n, dc_n, x, w_ih, w_hh, hs, cs, gates, reverse=False, l
     dh, dc = copy(dh_n), copy(dc_n)
     dg = empty((steps, batch, 4 * hidden), dtype)
     dhr = empty((batch, hidden), dtype)
-    m, use_mask = _mask_arg(mask, batch, hidden, dtype)
+    m, use_mask = _mask_arg(mask, dtype)
     for t in _order(steps, reverse, backward=True):
         tin, tout = _slots(t, reverse)
         _launch(_lstm_step_bwd, batch, hidden, dy, dh, dc, cs, gates, dg, d_lengths, t, tin, tout)
@@ -529,7 +531,8 @@ def gru_backward(dy, dh_n, x, w_ih, w_hh, hs, gates, aux, reset_after=True, reve
     db_ih, db_hh (3H,).
     """
     op = "gru_backward"
-    steps, batch, _, hidden, dtype = check_forward(op, "gru", x, dh_n, None, w_ih, w_hh, None, None, mask)
+    steps, batch, _, hidden, dtype = check_forward(op, "gru", x, dh_n, None, w_ih, w_hh, None, None, mask,
+                                                    states=("dh_n", "dc_n"))
     check_backward(op, dy, dh_n, None, x, {"hs": hs, "gates": gates, "aux": aux},
                    {"hs": (steps + 1, batch, hidden), "gates": (steps, batch, 3 * hidden),
                     "aux": (steps, batch, hidden)})
@@ -542,7 +545,7 @@ def gru_backward(dy, dh_n, x, w_ih, w_hh, hs, gates, aux, reset_after=True, reve
     dgh = empty((batch, 3 * hidden if reset_after else h2), dtype)
     dhr = empty((batch, hidden), dtype)
     drh = empty((batch, hidden), dtype)
-    m, use_mask = _mask_arg(mask, batch, hidden, dtype)
+    m, use_mask = _mask_arg(mask, dtype)
     for t in _order(steps, reverse, backward=True):
         tin = _slots(t, reverse)[0]
         _launch(_gru_step_bwd, batch, hidden, dy, dh, hs, gates, aux, dg, dgn_h, dgh, d_lengths, t, tin,

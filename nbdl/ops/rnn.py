@@ -60,6 +60,9 @@ def _check_weights(op, cell, weights, num_layers, directions, x):
         check_tensor(op, f"weights[{k}][1] (w_hh)", w_hh, ndim=2, dtype="float")
         if hidden is None:
             hidden = w_hh.shape[1]
+        if k < directions and w_ih.shape[1] != x.shape[-1]:
+            raise ValueError(f"{op}: input has {x.shape[-1]} features (shape {x.shape}) but the layer's "
+                             f"input_size is {w_ih.shape[1]}")
         layer_input = x.shape[-1] if k < directions else directions * hidden
         want = {"w_ih": (g * hidden, layer_input), "w_hh": (g * hidden, hidden),
                 "b_ih": (g * hidden,), "b_hh": (g * hidden,)}
@@ -121,6 +124,9 @@ def _split_directions(E, g):
 
 
 def _stack(E, states):
+    """(B, H) x n -> (n, B, H); a lone state is only reshaped."""
+    if len(states) == 1:
+        return states[0].reshape((1,) + tuple(states[0].shape))
     out = E.zeros((len(states),) + tuple(states[0].shape), states[0].dtype)
     for k, s in enumerate(states):
         E.copy_into(out[k], s)
