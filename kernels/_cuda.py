@@ -1,18 +1,21 @@
 """Launch helpers shared by the cuda.py files (imported only when a CUDA device is used)."""
 import numpy as np
-from numba import cuda
+from numba import config, cuda
 
 THREADS = 256
+# Block sizes are whole warps on a GPU; the simulator runs every thread as a Python
+# thread, so there it pays to launch no idle threads at all.
+WARP = 1 if config.ENABLE_CUDASIM else 32
 
 
 def grid1d(n, threads=THREADS):
     """(blocks, threads) covering n items, at least one block.
 
-    Small n gets a smaller block (a whole number of 32-thread warps): no idle warps on a
-    GPU, and far fewer Python threads under the simulator. Only for kernels that index
-    with cuda.grid(1) and a bounds check, never for ones that assume a block size.
+    Small n gets a smaller block (a whole number of warps): no idle warps on a GPU, and
+    far fewer Python threads under the simulator. Only for kernels that index with
+    cuda.grid(1) and a bounds check, never for ones that assume a block size.
     """
-    threads = max(32, min(threads, 32 * ((int(n) + 31) // 32)))
+    threads = max(WARP, min(threads, WARP * ((int(n) + WARP - 1) // WARP)))
     return max(1, (int(n) + threads - 1) // threads), threads
 
 

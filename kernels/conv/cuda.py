@@ -338,7 +338,7 @@ def _tree_pays(length, outputs):
 
 def _grid(n):
     """(blocks, threads) for n one-thread-per-item tasks; small launches get small blocks."""
-    return grid1d(n, threads=min(256, max(32, -(-n // 32) * 32)))
+    return grid1d(n)
 
 
 def _chunk(g):

@@ -17,7 +17,6 @@ from .._cuda import grid1d
 # Threads per reduction block (a power of two: the tree halves it). The simulator
 # runs every thread as a Python thread, so it gets small blocks; the code is the same.
 _T = 8 if config.ENABLE_CUDASIM else 128
-_WARP = 1 if config.ENABLE_CUDASIM else 32
 
 __all__ = ["batch_norm_forward", "batch_norm_backward", "layer_norm_forward", "layer_norm_backward"]
 
@@ -223,7 +222,7 @@ def _or_dummy(a, dtype):
 def _launch(kernel, n, *args):
     """One thread per item; small launches get small blocks (a warp at least)."""
     if n > 0:
-        blocks, threads = grid1d(n, threads=min(256, -(-n // _WARP) * _WARP))
+        blocks, threads = grid1d(n)
         kernel[blocks, threads](*args)
 
 

@@ -180,7 +180,7 @@ def _clamp(x, lo, hi):
 
 def _launch(kernel, n, *args):
     # Small tensors (biases) get one warp-multiple block instead of 256 idle threads.
-    blocks, threads = grid1d(n, threads=min(256, 32 * max(1, -(-n // 32))))
+    blocks, threads = grid1d(n)
     kernel[blocks, threads](*args)
 
 

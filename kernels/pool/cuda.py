@@ -9,7 +9,7 @@ indices are flat ``h * W + w`` in the plane.
 import math
 
 import numpy as np
-from numba import config, cuda
+from numba import cuda
 
 from .. import pool as _pool
 from .._cuda import grid1d
@@ -19,8 +19,6 @@ _avg_divisor = cuda.jit(device=True, inline=True)(_pool.avg_divisor)
 _adaptive_start = cuda.jit(device=True, inline=True)(_pool.adaptive_start)
 _adaptive_end = cuda.jit(device=True, inline=True)(_pool.adaptive_end)
 
-# The simulator runs every thread as a Python thread: no idle threads there.
-_WARP = 1 if config.ENABLE_CUDASIM else 32
 
 __all__ = [
     "max_pool2d_forward", "max_pool2d_backward",
@@ -290,7 +288,7 @@ def _planes(a):
 def _launch(kernel, n, *args):
     """One thread per item; small launches get small blocks (a warp at least)."""
     if n > 0:
-        blocks, threads = grid1d(n, threads=min(256, -(-n // _WARP) * _WARP))
+        blocks, threads = grid1d(n)
         kernel[blocks, threads](*args)
 
 

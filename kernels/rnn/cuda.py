@@ -312,7 +312,7 @@ def _launch(kernel, batch, hidden, *args):
     """One thread per (batch row, hidden unit); blocks of up to 256 threads (a warp
     multiple, smaller for tiny layers: fewer idle threads)."""
     n = batch * hidden
-    blocks, threads = grid1d(n, threads=min(256, -(-n // 32) * 32))
+    blocks, threads = grid1d(n)
     kernel[blocks, threads](*args)
 
 
