@@ -8,7 +8,8 @@ Convolution has two algorithms on every device, ``"direct"`` and ``"im2col"``
 3. with ``nbdl.backends.benchmark = True``: the first call for a new
    (device, dtype, shapes, stride, padding, dilation, groups) times both
    algorithms and remembers the faster one for that configuration;
-4. otherwise the shape heuristic documented in ``nbdl.kernels.conv.choose_algo``.
+4. otherwise the shape heuristic documented in ``nbdl.kernels.conv.choose_algo``,
+   separately for the forward pass and each backward pass.
 
 Example::
 

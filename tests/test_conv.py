@@ -252,6 +252,58 @@ def test_algorithms_agree_float32_and_big_tiles(rng):
         np.testing.assert_allclose(a, d, rtol=1e-4, atol=1e-3)
 
 
+def wgrad_ref(x, gy, w_shape, stride=1, padding=0, dilation=1, groups=1):
+    """Naive weight gradient: gw[k, c, r, s] = sum_{n,p,q} gy[n, k, p, q] * xpad[n, c0 + c, tap]."""
+    g = conv2d_geometry("ref", x.shape, w_shape, stride, padding, dilation, groups)
+    xp = np.zeros((g.N, g.C, g.H + g.pt + g.pb, g.W + g.pl + g.pr))
+    xp[:, :, g.pt:g.pt + g.H, g.pl:g.pl + g.W] = x
+    gw = np.zeros(w_shape)
+    for k in range(g.K):
+        c0 = (k // g.Kg) * g.Cg
+        for r in range(g.R):
+            for s in range(g.S):
+                win = xp[:, c0:c0 + g.Cg, r * g.dh:r * g.dh + g.sh * (g.P - 1) + 1:g.sh,
+                         s * g.dw:s * g.dw + g.sw * (g.Q - 1) + 1:g.sw]
+                gw[k, :, r, s] = np.einsum("ncpq,npq->c", win, gy[:, k])
+    return gw
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("tuning", ["default", "small_chunks", "streamed_grouped", "in_place"])
+def test_cpu_implicit_gemm_paths(dtype, tuning, monkeypatch, rng):
+    """The CPU im2col kernels' blocking paths, each forced by its tuning constant: several tap
+    chunks, several tiles per task, non-temporal output stores, the in-place variant for
+    small images, several weight-gradient slices; both register-block shapes (32 output
+    channels take the 8-row block, 13 per group the 6-row one); tiles spanning images."""
+    from nbdl.kernels.conv import cpu as K
+    if tuning == "small_chunks":
+        monkeypatch.setattr(K, "_IMPLICIT_KC", 8)
+        monkeypatch.setattr(K, "_WGRAD_CHUNK", 16)
+        monkeypatch.setattr(K, "_WGRAD_MIN_PIX", 40)
+    if tuning == "streamed_grouped":
+        monkeypatch.setattr(K, "_STREAM_BYTES", 0)
+        monkeypatch.setattr(K, "_ACC_BYTES", 1 << 30)
+    monkeypatch.setattr(K, "_INPLACE_BYTES", 1 << 30 if tuning == "in_place" else 0)
+    tol = dict(rtol=2e-4, atol=2e-4) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-10)
+    for xs, ws, kw in [((3, 5, 9, 11), (32, 5, 3, 3), dict(padding=1)),
+                       ((2, 4, 13, 10), (26, 2, 3, 2), dict(stride=2, padding=(1, 0, 2, 1), dilation=(2, 1),
+                                                            groups=2)),
+                       ((2, 3, 15, 15), (7, 3, 5, 5), dict(stride=(2, 3), padding="same")),
+                       ((4, 2, 30, 30), (6, 2, 3, 3), dict(padding=1))]:        # 57 tiles
+        x = rng.standard_normal(xs).astype(dtype)
+        w = rng.standard_normal(ws).astype(dtype)
+        b = rng.standard_normal(ws[0]).astype(dtype)
+        y = K.conv2d_forward(x, w, b, **kw, algo="im2col")
+        assert y.dtype == dtype
+        np.testing.assert_allclose(y, conv_ref(x, w, b, **kw), **tol)
+        gy = rng.standard_normal(y.shape).astype(dtype)
+        args = conv2d_geometry("t", xs, ws, kw.get("stride", 1), kw.get("padding", 0), kw.get("dilation", 1),
+                               kw.get("groups", 1))
+        hyper = ((args.sh, args.sw), (args.pt, args.pb, args.pl, args.pr), (args.dh, args.dw), args.G)
+        gw = K.conv2d_backward_weight(gy, x, ws, *hyper, algo="im2col")
+        np.testing.assert_allclose(gw, wgrad_ref(x, gy, ws, *hyper), **tol)
+
+
 # ---------------------------------------------------------------------------------------------
 # autograd
 # ---------------------------------------------------------------------------------------------

@@ -120,17 +120,18 @@ def check_algo(op, algo):
     return algo
 
 
-def choose_algo(geom, device):
-    """The algorithm "auto" uses for one convolution (a heuristic; see also nbdl.backends).
+def choose_algo(geom, device, op="conv2d_forward"):
+    """The algorithm "auto" uses for one pass of a convolution (a heuristic; see also
+    nbdl.backends). op: "conv2d_forward", "conv2d_backward_input" or "conv2d_backward_weight".
 
-    CPU: "direct" for stride 1 when the GEMM of im2col would be shallow: a patch of
-    at most 128 values (input channels per group x kernel area; e.g. 3-channel
-    images with 5x5 filters, depthwise 3x3) or at most 4 output channels per group.
-    There the direct kernel (one long vectorized loop per tap over full-width
-    output rows, ~70-90 GFLOP/s per thread) beats a GEMM whose short dot products
-    spend their time in horizontal sums and packing. "im2col" everywhere else: deep
-    patches (64+ channels) run at 100-130 GFLOP/s per thread in its register-blocked
-    GEMM, and strided convolutions do not vectorize in the direct kernel.
+    CPU: "im2col" (implicit GEMMs on a SIMD register block, ~200 GFLOP/s per thread)
+    unless its blocks would be mostly padding, for stride 1 only (the direct kernels
+    vectorize along output rows, which a stride breaks):
+    - forward: the block spans 6-8 output channels, so "direct" for at most 4 per group
+      (e.g. depthwise);
+    - input gradient: a forward convolution whose outputs are the input channels, so
+      "direct" for at most 4 input channels per group (e.g. RGB or grey images);
+    - weight gradient: the block spans 48-64 output channels, so "direct" for at most 16.
 
     CUDA: "im2col" (tiled shared-memory GEMM) when the GEMM is deep enough to
     fill its tiles (input channels per group x kernel area >= 16 and output
@@ -138,17 +139,18 @@ def choose_algo(geom, device):
     e.g. depthwise convolutions and first layers with one output group of few filters.
     """
     if device == "cpu":
-        stride1 = geom.sh == 1 and geom.sw == 1
-        shallow = geom.Cg * geom.R * geom.S <= 128 or geom.Kg <= 4
-        return "direct" if stride1 and shallow else "im2col"
+        if geom.sh != 1 or geom.sw != 1:
+            return "im2col"
+        few = {"conv2d_backward_input": geom.Cg <= 4, "conv2d_backward_weight": geom.Kg <= 16}
+        return "direct" if few.get(op, geom.Kg <= 4) else "im2col"
     deep = geom.Cg * geom.R * geom.S >= 16 and geom.Kg >= 16
     return "im2col" if deep else "direct"
 
 
 def resolve_algo(op, algo, geom, device):
-    """"auto" -> choose_algo(geom, device); other names are checked and returned."""
+    """"auto" -> choose_algo(geom, device, op); other names are checked and returned."""
     check_algo(op, algo)
-    return choose_algo(geom, device) if algo == "auto" else algo
+    return choose_algo(geom, device, op) if algo == "auto" else algo
 
 
 def check_forward_args(op, x, weight, bias, stride, padding, dilation, groups):

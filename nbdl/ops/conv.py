@@ -14,7 +14,7 @@ import numpy as np
 
 from nbdl import backends
 from nbdl.device import kernels, synchronize
-from nbdl.kernels.conv import check_algo, choose_algo, conv2d_geometry
+from nbdl.kernels.conv import check_algo, conv2d_geometry
 from nbdl.ops._checks import as_tensor, check_same_device, check_same_dtype, check_tensor
 from nbdl.tensor import make_tensor, needs_grad
 
@@ -49,13 +49,13 @@ def _contiguous(t):
 
 def _resolve_algo(algo, geom, x, w, b, backward):
     """The algorithm to run: the call's choice, else the global one, else a measured
-    winner (nbdl.backends.benchmark), else the shape heuristic."""
+    winner (nbdl.backends.benchmark), else "auto": the shape heuristic, pass by pass."""
     if algo != "auto":
         return algo
     if backends.get_conv_algo() != "auto":
         return backends.get_conv_algo()
     if not backends.benchmark:
-        return choose_algo(geom, "cpu" if x.device == "cpu" else "cuda")
+        return "auto"               # the kernels pick per pass (see nbdl.kernels.conv.choose_algo)
     key = ("conv2d", x.device, str(x.dtype), geom, b is not None, backward)
     winner = backends.benchmark_winner(key)
     if winner is None:

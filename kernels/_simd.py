@@ -1,0 +1,417 @@
+"""An explicit-SIMD GEMM micro-kernel for the CPU kernels (conv, rnn).
+
+    C[i, j] (+)= sum_l A[l, i] * B[l, j]      i < MR, j < NR = NV * W
+
+A is a packed panel (L, MR): the MR rows of op(A) interleaved, so step l reads MR
+consecutive scalars; B is a packed panel (L, NR): NR consecutive columns per step. The
+MR x NR block of C lives in MR * NV vector registers for the whole reduction: each step
+loads NV vectors of B, broadcasts MR scalars of A and issues MR * NV fused multiply-adds.
+The block is written once at the end (C's rows may have any stride, columns contiguous).
+
+Why not plain numba loops: numba's loop vectorizer only vectorizes the innermost loop,
+so loops can keep either the reduction in registers (a dot product per output,
+vectorized along l, paying a horizontal sum per output: ~40% of the time when L is ~150)
+or the outputs in memory (vectorized along j, paying a load and a store of C per few
+multiply-adds); both measured ~110-170 GFLOP/s per thread here against ~230 for this
+kernel's form. Numba's SLP vectorizer, which could pack scalar accumulators, is off by
+default. So the kernel is written in LLVM vector IR through ``numba.extending.intrinsic``:
+portable (LLVM lowers a vector wider than the machine's to several registers), cached
+like any njit code, and callable from njit functions.
+
+The block shape follows the vector registers: 32 registers of 64 bytes with AVX-512 (a 6 x
+4-vector block, 24 accumulators), 16 of 32 bytes otherwise (6 x 2, 12 accumulators).
+"""
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+
+def _vector_bytes():
+    """64 where the host compiles AVX-512 (what numba targets by default), else 32."""
+    try:
+        from numba.core import config
+        if config.CPU_NAME:                   # a portable cache was asked for
+            return 32
+        from llvmlite import binding
+        return 64 if binding.get_host_cpu_features().get("avx512f") else 32
+    except Exception:
+        return 32
+
+
+VECTOR_BYTES = _vector_bytes()
+MR = 6                                          # rows of the register block
+NV = 4 if VECTOR_BYTES == 64 else 2             # vectors per row of the register block
+# Two block shapes with the same number of accumulators, so a GEMM can pick the one whose
+# row count wastes least on its M (e.g. 32 or 64 rows: 8 per block, not 6).
+BLOCK_SHAPES = ((MR, NV), (8, 3)) if VECTOR_BYTES == 64 else ((MR, NV), (4, 3))
+
+
+def lanes(itemsize):
+    """Elements per vector for a dtype of `itemsize` bytes."""
+    return VECTOR_BYTES // itemsize
+
+
+def block_cols(itemsize, nv=NV):
+    """NR, the columns of a register block of nv vectors, for a dtype of `itemsize` bytes."""
+    return nv * lanes(itemsize)
+
+
+_BLOCKS = {}
+
+
+def make_gemm_block(mr, nv, rows=False):
+    """The micro-kernel intrinsic for an mr x (nv vectors) register block (one per shape).
+    ``gemm_block`` (MR x NV) suits GEMMs; a single row (mr=1, nv=8: eight accumulators to
+    cover the multiply-add latency) suits matrix-vector products. ``rows=True`` gives the
+    variant that reads B's rows in place (see ``gemm_block_rows``)."""
+    key = (mr, nv, rows)
+    if key not in _BLOCKS:
+        _BLOCKS[key] = _gemm_block_rows_intrinsic(mr, nv) if rows else _gemm_block_intrinsic(mr, nv)
+    return _BLOCKS[key]
+
+
+def _is_float_array(*arrays):
+    return (all(isinstance(a, types.Array) for a in arrays)
+            and all(a.dtype == arrays[0].dtype for a in arrays) and isinstance(arrays[0].dtype, types.Float))
+
+
+def _emit_block(context, builder, MR, NV, fty, L, a_row, b_row, c_data, ldc, acc_flag):
+    """The IR of one block: for l < L, for i < MR, v < NV: acc[i][v] += A_l[i] * B_l[v*W:(v+1)*W],
+    where a_row(l), b_row(l) are pointers to row l of A and B; then c[i*ldc + v*W ...] (+)=
+    acc[i][v]."""
+    itemsize = context.get_abi_sizeof(fty)
+    W = lanes(itemsize)
+    vty = ir.VectorType(fty, W)
+    vptr = vty.as_pointer()
+    i64 = ir.IntType(64)
+    # accumulators: allocas in the entry block, promoted to registers by LLVM
+    accs = [[cgutils.alloca_once_value(builder, ir.Constant(vty, None)) for _ in range(NV)]
+            for _ in range(MR)]
+    zero_mask = ir.Constant(ir.VectorType(ir.IntType(32), W), None)
+    undef = ir.Constant(vty, ir.Undefined)
+    fma = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(vty, [vty, vty, vty]), f"llvm.fma.v{W}f{8 * itemsize}")
+    with cgutils.for_range(builder, L) as loop:
+        l = loop.index
+        brow = b_row(l)
+        bvec = [builder.load(builder.bitcast(builder.gep(brow, [ir.Constant(i64, v * W)]), vptr),
+                             align=itemsize) for v in range(NV)]
+        arow = a_row(l)
+        for i in range(MR):
+            s = builder.load(builder.gep(arow, [ir.Constant(i64, i)]))
+            splat = builder.shuffle_vector(builder.insert_element(undef, s, ir.Constant(i64, 0)),
+                                           undef, zero_mask)
+            for v in range(NV):
+                builder.store(builder.call(fma, [splat, bvec[v], builder.load(accs[i][v])]), accs[i][v])
+    for i in range(MR):
+        crow = builder.gep(c_data, [builder.mul(ir.Constant(i64, i), ldc)])
+        for v in range(NV):
+            p = builder.bitcast(builder.gep(crow, [ir.Constant(i64, v * W)]), vptr)
+            val = builder.load(accs[i][v])
+            with builder.if_else(acc_flag) as (then, otherwise):
+                with then:
+                    builder.store(builder.fadd(builder.load(p, align=itemsize), val), p, align=itemsize)
+                with otherwise:
+                    builder.store(val, p, align=itemsize)
+
+
+def _row_stride(context, builder, ary_ty, ary):
+    """Elements between two rows of a 2-D array view."""
+    itemsize = context.get_abi_sizeof(context.get_value_type(ary_ty.dtype))
+    return builder.sdiv(builder.extract_value(ary.strides, 0), ir.Constant(ir.IntType(64), itemsize))
+
+
+def _gemm_block_intrinsic(MR, NV):
+    @intrinsic
+    def gemm_block(typingctx, a, b, c, accumulate):
+        """gemm_block(a, b, c, accumulate): c[i, j] = (c[i, j] if accumulate else 0) +
+        sum_l a[l, i] * b[l, j] for i < MR, j < NR = NV * lanes.
+
+        a (L, MR) and b (L, NR) C-contiguous panels, c a 2-D array of at least MR rows whose
+        rows are contiguous and at least NR long (the caller guarantees the shapes: nothing
+        is checked here). All three of one float dtype."""
+        if not _is_float_array(a, b, c):
+            return None
+        sig = types.void(a, b, c, types.boolean)
+
+        def codegen(context, builder, signature, args):
+            a_ty, b_ty, c_ty, _ = signature.args
+            av = context.make_array(a_ty)(context, builder, args[0])
+            bv = context.make_array(b_ty)(context, builder, args[1])
+            cv = context.make_array(c_ty)(context, builder, args[2])
+            fty = context.get_value_type(a_ty.dtype)
+            NR = NV * lanes(context.get_abi_sizeof(fty))
+            L = builder.extract_value(av.shape, 0)
+
+            def a_row(l):
+                return builder.gep(av.data, [builder.mul(l, ir.Constant(ir.IntType(64), MR))])
+
+            def b_row(l):
+                return builder.gep(bv.data, [builder.mul(l, ir.Constant(ir.IntType(64), NR))])
+            _emit_block(context, builder, MR, NV, fty, L, a_row, b_row, cv.data,
+                        _row_stride(context, builder, c_ty, cv), args[3])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return gemm_block
+
+
+def _gemm_block_rows_intrinsic(MR, NV):
+    @intrinsic
+    def gemm_block_rows(typingctx, a, bflat, boff, base, c, accumulate):
+        """gemm_block_rows(a, bflat, boff, base, c, accumulate): like gemm_block with B's row l
+        read in place at bflat[base + boff[l] :][:NR] (an implicit GEMM: a convolution's
+        column matrix is never packed). a (L, MR) C-contiguous, bflat 1-D contiguous, boff
+        (L,) int64, c as in gemm_block. The caller guarantees every row lies inside bflat."""
+        if not (_is_float_array(a, bflat, c) and isinstance(boff, types.Array)
+                and boff.dtype == types.int64 and isinstance(base, types.Integer)):
+            return None
+        sig = types.void(a, bflat, boff, types.int64, c, types.boolean)
+
+        def codegen(context, builder, signature, args):
+            a_ty, b_ty, o_ty, _, c_ty, _ = signature.args
+            av = context.make_array(a_ty)(context, builder, args[0])
+            bv = context.make_array(b_ty)(context, builder, args[1])
+            ov = context.make_array(o_ty)(context, builder, args[2])
+            cv = context.make_array(c_ty)(context, builder, args[4])
+            fty = context.get_value_type(a_ty.dtype)
+            L = builder.extract_value(av.shape, 0)
+            b0 = builder.gep(bv.data, [args[3]])
+
+            def a_row(l):
+                return builder.gep(av.data, [builder.mul(l, ir.Constant(ir.IntType(64), MR))])
+
+            def b_row(l):
+                return builder.gep(b0, [builder.load(builder.gep(ov.data, [l]))])
+            _emit_block(context, builder, MR, NV, fty, L, a_row, b_row, cv.data,
+                        _row_stride(context, builder, c_ty, cv), args[5])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return gemm_block_rows
+
+
+def _gemm_block_at_intrinsic(MR, NV):
+    @intrinsic
+    def gemm_block_at(typingctx, aflat, aoff, abase, b, ldb, c, accumulate):
+        """gemm_block_at(aflat, aoff, abase, b, ldb, c, accumulate): c[i, j] (+)=
+        sum_l aflat[abase + aoff[l] + i] * b[l*ldb + j] for i < MR, j < NR, l < len(aoff).
+
+        Like gemm_block with A's rows read in place (e.g. MR consecutive channels of a
+        channels-last image, one row per pixel) and B's rows ldb apart in a flat array. The
+        caller guarantees every row lies inside its array."""
+        if not (_is_float_array(aflat, b, c) and isinstance(aoff, types.Array)
+                and aoff.dtype == types.int64 and aflat.ndim == 1 and b.ndim == 1):
+            return None
+        sig = types.void(aflat, aoff, types.int64, b, types.int64, c, types.boolean)
+
+        def codegen(context, builder, signature, args):
+            a_ty, o_ty, _, b_ty, _, c_ty, _ = signature.args
+            av = context.make_array(a_ty)(context, builder, args[0])
+            ov = context.make_array(o_ty)(context, builder, args[1])
+            bv = context.make_array(b_ty)(context, builder, args[3])
+            cv = context.make_array(c_ty)(context, builder, args[5])
+            fty = context.get_value_type(a_ty.dtype)
+            L = builder.extract_value(ov.shape, 0)
+            a0 = builder.gep(av.data, [args[2]])
+
+            def a_row(l):
+                return builder.gep(a0, [builder.load(builder.gep(ov.data, [l]))])
+
+            def b_row(l):
+                return builder.gep(bv.data, [builder.mul(l, args[4])])
+            _emit_block(context, builder, MR, NV, fty, L, a_row, b_row, cv.data,
+                        _row_stride(context, builder, c_ty, cv), args[6])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return gemm_block_at
+
+
+gemm_block = make_gemm_block(*BLOCK_SHAPES[0])
+gemm_block_alt = make_gemm_block(*BLOCK_SHAPES[1])
+gemm_block_rows = make_gemm_block(*BLOCK_SHAPES[0], rows=True)
+gemm_block_rows_alt = make_gemm_block(*BLOCK_SHAPES[1], rows=True)
+gemm_block_at = _gemm_block_at_intrinsic(*BLOCK_SHAPES[0])
+
+
+@intrinsic
+def copy_vectors(typingctx, src, s0, dst, d0, m, exact):
+    """copy_vectors(src, s0, dst, d0, m, exact): dst[d0 + e] = src[s0 + e] for e < m in whole
+    vectors (lanes elements each): plain vector moves with no remainder loop and no aliasing
+    check (a short copy in numba otherwise runs element by element). exact=False copies m
+    rounded up to whole vectors (the caller guarantees the extra elements may be read and
+    overwritten); exact=True ends with a masked vector instead. src and dst are 1-D
+    contiguous arrays of one float dtype, the ranges inside both and not overlapping."""
+    if not (_is_float_array(src, dst) and src.ndim == 1 and dst.ndim == 1):
+        return None
+    sig = types.void(src, types.int64, dst, types.int64, types.int64, types.boolean)
+
+    def codegen(context, builder, signature, args):
+        s_ty, _, d_ty, _, _, _ = signature.args
+        sv = context.make_array(s_ty)(context, builder, args[0])
+        dv = context.make_array(d_ty)(context, builder, args[2])
+        fty = context.get_value_type(s_ty.dtype)
+        itemsize = context.get_abi_sizeof(fty)
+        W = lanes(itemsize)
+        vptr = ir.VectorType(fty, W).as_pointer()
+        i64 = ir.IntType(64)
+        m = args[4]
+        rounded = builder.sdiv(builder.add(m, ir.Constant(i64, W - 1)), ir.Constant(i64, W))
+        nvec = builder.select(args[5], builder.sdiv(m, ir.Constant(i64, W)), rounded)
+        src0 = builder.gep(sv.data, [args[1]])
+        dst0 = builder.gep(dv.data, [args[3]])
+        with cgutils.for_range(builder, nvec) as loop:
+            off = builder.mul(loop.index, ir.Constant(i64, W))
+            v = builder.load(builder.bitcast(builder.gep(src0, [off]), vptr), align=itemsize)
+            builder.store(v, builder.bitcast(builder.gep(dst0, [off]), vptr), align=itemsize)
+        off = builder.mul(nvec, ir.Constant(i64, W))
+        rest = builder.sub(m, off)
+        with builder.if_then(builder.icmp_signed(">", rest, ir.Constant(i64, 0))):
+            mask = _tail_mask(builder, rest, W)
+            v = builder.call(_masked_load(builder, fty, W), [builder.bitcast(builder.gep(src0, [off]), vptr),
+                                                            ir.Constant(ir.IntType(32), itemsize), mask,
+                                                            ir.Constant(ir.VectorType(fty, W), ir.Undefined)])
+            builder.call(_masked_store(builder, fty, W), [v, builder.bitcast(builder.gep(dst0, [off]), vptr),
+                                                         ir.Constant(ir.IntType(32), itemsize), mask])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _tail_mask(builder, rest, W):
+    """<W x i1>: lane < rest."""
+    i64 = ir.IntType(64)
+    vi = ir.VectorType(i64, W)
+    undef = ir.Constant(vi, ir.Undefined)
+    rvec = builder.shuffle_vector(builder.insert_element(undef, rest, ir.Constant(i64, 0)), undef,
+                                  ir.Constant(ir.VectorType(ir.IntType(32), W), None))
+    return builder.icmp_unsigned("<", ir.Constant(vi, list(range(W))), rvec)
+
+
+def _masked_load(builder, fty, W):
+    vty = ir.VectorType(fty, W)
+    return cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(vty, [vty.as_pointer(), ir.IntType(32), ir.VectorType(ir.IntType(1), W), vty]),
+        f"llvm.masked.load.v{W}f{8 * (4 if isinstance(fty, ir.FloatType) else 8)}.p0")
+
+
+def _masked_store(builder, fty, W):
+    vty = ir.VectorType(fty, W)
+    return cgutils.get_or_insert_function(
+        builder.module,
+        ir.FunctionType(ir.VoidType(), [vty, vty.as_pointer(), ir.IntType(32), ir.VectorType(ir.IntType(1), W)]),
+        f"llvm.masked.store.v{W}f{8 * (4 if isinstance(fty, ir.FloatType) else 8)}.p0")
+
+
+@intrinsic
+def add_scalar_store(typingctx, src, s0, b, dst, d0, m, stream):
+    """add_scalar_store(src, s0, b, dst, d0, m, stream): dst[d0 + e] = src[s0 + e] + b for e < m,
+    in whole vectors and one masked vector for the tail: nothing past m is read or written.
+    (numba's own loop runs a short row, e.g. 28 elements, element by element: its vector
+    loop handles 64 at a time.) src and dst are 1-D contiguous arrays of one float dtype.
+
+    stream=True writes the whole vectors with non-temporal stores when dst[d0] is 64-byte
+    aligned: an output far larger than the caches then costs one write to memory instead of
+    a read (for ownership) and a write. Such stores are weakly ordered: call store_fence()
+    before another thread may read them."""
+    if not (_is_float_array(src, dst) and src.ndim == 1 and dst.ndim == 1):
+        return None
+    sig = types.void(src, types.int64, src.dtype, dst, types.int64, types.int64, types.boolean)
+
+    def codegen(context, builder, signature, args):
+        s_ty = signature.args[0]
+        sv = context.make_array(s_ty)(context, builder, args[0])
+        dv = context.make_array(signature.args[3])(context, builder, args[3])
+        fty = context.get_value_type(s_ty.dtype)
+        itemsize = context.get_abi_sizeof(fty)
+        W = lanes(itemsize)
+        vty = ir.VectorType(fty, W)
+        vptr = vty.as_pointer()
+        i64, i32 = ir.IntType(64), ir.IntType(32)
+        m = args[5]
+        undef = ir.Constant(vty, ir.Undefined)
+        zero_mask = ir.Constant(ir.VectorType(i32, W), None)
+        bvec = builder.shuffle_vector(builder.insert_element(undef, args[2], ir.Constant(i64, 0)),
+                                      undef, zero_mask)
+        src0 = builder.gep(sv.data, [args[1]])
+        dst0 = builder.gep(dv.data, [args[4]])
+        nfull = builder.sdiv(m, ir.Constant(i64, W))
+        aligned = builder.icmp_unsigned("==", builder.and_(builder.ptrtoint(dst0, i64), ir.Constant(i64, 63)),
+                                        ir.Constant(i64, 0))
+        nt = builder.module.add_metadata([ir.Constant(i32, 1)])
+        with builder.if_else(builder.and_(args[6], aligned)) as (streamed, plain):
+            for nontemporal in (True, False):
+                with (streamed if nontemporal else plain):
+                    with cgutils.for_range(builder, nfull) as loop:
+                        off = builder.mul(loop.index, ir.Constant(i64, W))
+                        v = builder.load(builder.bitcast(builder.gep(src0, [off]), vptr), align=itemsize)
+                        st = builder.store(builder.fadd(v, bvec), builder.bitcast(builder.gep(dst0, [off]), vptr),
+                                           align=64 if nontemporal else itemsize)
+                        if nontemporal:
+                            st.set_metadata("nontemporal", nt)
+        off = builder.mul(nfull, ir.Constant(i64, W))
+        rest = builder.sub(m, off)
+        with builder.if_then(builder.icmp_signed(">", rest, ir.Constant(i64, 0))):
+            mask = _tail_mask(builder, rest, W)
+            v = builder.call(_masked_load(builder, fty, W), [builder.bitcast(builder.gep(src0, [off]), vptr),
+                                                            ir.Constant(i32, itemsize), mask, undef])
+            builder.call(_masked_store(builder, fty, W), [builder.fadd(v, bvec),
+                                                         builder.bitcast(builder.gep(dst0, [off]), vptr),
+                                                         ir.Constant(i32, itemsize), mask])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def prefetch_for_write(typingctx, arr, start, m):
+    """prefetch_for_write(arr, start, m): ask for the cache lines of arr[start:start + m] (1-D,
+    contiguous) in a writable state ahead of time. Issued before a tile's arithmetic, the
+    lines of its outputs arrive while it computes instead of stalling the stores after it
+    (writing an output larger than the caches is otherwise bound by those misses)."""
+    if not (isinstance(arr, types.Array) and arr.ndim == 1):
+        return None
+    sig = types.void(arr, types.int64, types.int64)
+
+    def codegen(context, builder, signature, args):
+        av = context.make_array(signature.args[0])(context, builder, args[0])
+        itemsize = context.get_abi_sizeof(context.get_value_type(signature.args[0].dtype))
+        i64, i32, i8p = ir.IntType(64), ir.IntType(32), ir.IntType(8).as_pointer()
+        step = 64 // itemsize
+        pf = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0")
+        base = builder.gep(av.data, [args[1]])
+        nlines = builder.sdiv(builder.add(args[2], ir.Constant(i64, step - 1)), ir.Constant(i64, step))
+        with cgutils.for_range(builder, nlines) as loop:
+            p = builder.gep(base, [builder.mul(loop.index, ir.Constant(i64, step))])
+            builder.call(pf, [builder.bitcast(p, i8p), ir.Constant(i32, 1), ir.Constant(i32, 3),
+                              ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+STREAMING = VECTOR_BYTES == 64     # non-temporal output stores: only where sfence exists (x86)
+
+
+@intrinsic
+def store_fence(typingctx):
+    """Orders the non-temporal stores before it (see add_scalar_store): sfence on x86, where
+    LLVM's own fence (a locked instruction) does not cover them; a plain fence elsewhere."""
+    sig = types.void()
+
+    def codegen(context, builder, signature, args):
+        if STREAMING:
+            sfence = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
+                                                    "llvm.x86.sse.sfence")
+            builder.call(sfence, [])
+        else:
+            builder.fence("seq_cst")
+        return context.get_dummy_value()
+
+    return sig, codegen

@@ -1,0 +1,98 @@
+"""The explicit-SIMD CPU micro-kernels (nbdl.kernels._simd) against numpy, float32 and float64."""
+import numpy as np
+import pytest
+from numba import njit
+
+from nbdl.kernels import _simd
+from nbdl.kernels._simd import (BLOCK_SHAPES, add_scalar_store, block_cols, copy_vectors, gemm_block_at,
+                                lanes, make_gemm_block)
+
+DTYPES = [np.float32, np.float64]
+
+
+def _panels(rng, dtype, L, MR, NR):
+    return rng.standard_normal((L, MR)).astype(dtype), rng.standard_normal((L, NR)).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", list(BLOCK_SHAPES) + [(1, 8)])
+def test_gemm_block_matches_numpy(dtype, shape, rng):
+    mr, nv = shape
+    kernel = make_gemm_block(mr, nv)
+
+    @njit
+    def run(a, b, c, acc):
+        kernel(a, b, c, acc)
+
+    NR = block_cols(np.dtype(dtype).itemsize, nv)
+    for L in (1, 7, 75):
+        a, b = _panels(rng, dtype, L, mr, NR)
+        c = rng.standard_normal((mr + 2, NR + 5)).astype(dtype)    # rows longer than the block
+        before = c.copy()
+        run(a, b, c[1:], True)
+        expect = before.copy()
+        expect[1:mr + 1, :NR] += a.T @ b
+        np.testing.assert_allclose(c, expect, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-5)
+        run(a, b, c[1:], False)                                 # overwrite
+        expect[1:mr + 1, :NR] = a.T @ b
+        np.testing.assert_allclose(c, expect, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gemm_block_rows_and_at_read_in_place(dtype, rng):
+    """B rows at arbitrary offsets of a flat array; A rows at arbitrary offsets, B rows ldb apart."""
+    mr, nv = BLOCK_SHAPES[0]
+    rows = make_gemm_block(mr, nv, rows=True)
+
+    @njit
+    def run(a, bflat, boff, base, af, aoff, abase, b2, ldb, c1, c2):
+        rows(a, bflat, boff, base, c1, False)
+        gemm_block_at(af, aoff, abase, b2, ldb, c2, False)
+
+    NR = block_cols(np.dtype(dtype).itemsize, nv)
+    L = 13
+    a = rng.standard_normal((L, mr)).astype(dtype)
+    bflat = rng.standard_normal(500).astype(dtype)
+    boff = rng.integers(0, 300, L).astype(np.int64)
+    af = rng.standard_normal(400).astype(dtype)
+    aoff = rng.integers(0, 300, L).astype(np.int64)
+    ldb = NR + 3
+    b2 = rng.standard_normal(L * ldb).astype(dtype)
+    c1, c2 = np.zeros((mr, NR), dtype), np.zeros((mr, NR), dtype)
+    run(a, bflat, boff, 7, af, aoff, 5, b2, ldb, c1, c2)
+    B1 = np.stack([bflat[7 + o:7 + o + NR] for o in boff])
+    A2 = np.stack([af[5 + o:5 + o + mr] for o in aoff])
+    B2 = b2.reshape(L, ldb)[:, :NR]
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12)
+    np.testing.assert_allclose(c1, a.T @ B1, **tol)
+    np.testing.assert_allclose(c2, A2.T @ B2, **tol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_copy_and_store_helpers(dtype):
+    @njit
+    def copy(src, s0, dst, d0, m, exact):
+        copy_vectors(src, s0, dst, d0, m, exact)
+
+    @njit
+    def store(src, s0, b, dst, d0, m, stream):
+        add_scalar_store(src, s0, b, dst, d0, m, stream)
+        _simd.store_fence()
+
+    W = lanes(np.dtype(dtype).itemsize)
+    src = np.arange(200, dtype=dtype)
+    for m in (0, 1, W - 1, W, W + 1, 3 * W + 5):
+        for exact in (True, False):
+            dst = np.full(200, -1, dtype)
+            copy(src, 3, dst, 7, m, exact)
+            n = m if exact else -(-m // W) * W
+            expect = np.full(200, -1, dtype)
+            expect[7:7 + n] = src[3:3 + n]
+            np.testing.assert_array_equal(dst, expect)
+        for stream in (False, True):
+            for d0 in (0, 3, 16):                  # aligned and not (streaming needs alignment)
+                dst = np.full(200, -1, dtype)
+                store(src, 3, dtype(0.5), dst, d0, m, stream)
+                expect = np.full(200, -1, dtype)
+                expect[d0:d0 + m] = src[3:3 + m] + 0.5
+                np.testing.assert_array_equal(dst, expect)
