@@ -20,6 +20,12 @@ like any njit code, and callable from njit functions.
 
 The block shape follows the vector registers: 32 registers of 64 bytes with AVX-512 (a 6 x
 4-vector block, 24 accumulators), 16 of 32 bytes otherwise (6 x 2, 12 accumulators).
+
+Variants read A's or B's rows in place at given offsets (implicit GEMMs: a convolution's
+column matrix is never built). Small helpers in the same style move the data around a
+block: whole-vector copies (``copy_vectors``), the bias-adding store of a finished block
+with a masked tail and optional non-temporal stores (``add_scalar_store``,
+``store_fence``), and write prefetches (``prefetch_for_write``).
 """
 from llvmlite import ir
 from numba import types
@@ -42,9 +48,6 @@ def _vector_bytes():
 VECTOR_BYTES = _vector_bytes()
 MR = 6                                          # rows of the register block
 NV = 4 if VECTOR_BYTES == 64 else 2             # vectors per row of the register block
-# Two block shapes with the same number of accumulators, so a GEMM can pick the one whose
-# row count wastes least on its M (e.g. 32 or 64 rows: 8 per block, not 6).
-BLOCK_SHAPES = ((MR, NV), (8, 3)) if VECTOR_BYTES == 64 else ((MR, NV), (4, 3))
 
 
 def lanes(itemsize):
@@ -232,11 +235,9 @@ def _gemm_block_at_intrinsic(MR, NV):
     return gemm_block_at
 
 
-gemm_block = make_gemm_block(*BLOCK_SHAPES[0])
-gemm_block_alt = make_gemm_block(*BLOCK_SHAPES[1])
-gemm_block_rows = make_gemm_block(*BLOCK_SHAPES[0], rows=True)
-gemm_block_rows_alt = make_gemm_block(*BLOCK_SHAPES[1], rows=True)
-gemm_block_at = _gemm_block_at_intrinsic(*BLOCK_SHAPES[0])
+gemm_block = make_gemm_block(MR, NV)
+gemm_block_rows = make_gemm_block(MR, NV, rows=True)
+gemm_block_at = _gemm_block_at_intrinsic(MR, NV)
 
 
 @intrinsic

@@ -273,8 +273,8 @@ def wgrad_ref(x, gy, w_shape, stride=1, padding=0, dilation=1, groups=1):
 def test_cpu_implicit_gemm_paths(dtype, tuning, monkeypatch, rng):
     """The CPU im2col kernels' blocking paths, each forced by its tuning constant: several tap
     chunks, several tiles per task, non-temporal output stores, the in-place variant for
-    small images, several weight-gradient slices; both register-block shapes (32 output
-    channels take the 8-row block, 13 per group the 6-row one); tiles spanning images."""
+    small images, several weight-gradient slices; output channels not a multiple of the
+    register block's rows; tiles spanning images."""
     from nbdl.kernels.conv import cpu as K
     if tuning == "small_chunks":
         monkeypatch.setattr(K, "_IMPLICIT_KC", 8)

@@ -4,8 +4,8 @@ import pytest
 from numba import njit
 
 from nbdl.kernels import _simd
-from nbdl.kernels._simd import (BLOCK_SHAPES, add_scalar_store, block_cols, copy_vectors, gemm_block_at,
-                                lanes, make_gemm_block)
+from nbdl.kernels._simd import (MR, NV, add_scalar_store, block_cols, copy_vectors, gemm_block_at, lanes,
+                                make_gemm_block)
 
 DTYPES = [np.float32, np.float64]
 
@@ -15,7 +15,7 @@ def _panels(rng, dtype, L, MR, NR):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", list(BLOCK_SHAPES) + [(1, 8)])
+@pytest.mark.parametrize("shape", [(MR, NV), (8, 3), (1, 8)])
 def test_gemm_block_matches_numpy(dtype, shape, rng):
     mr, nv = shape
     kernel = make_gemm_block(mr, nv)
@@ -41,7 +41,7 @@ def test_gemm_block_matches_numpy(dtype, shape, rng):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_gemm_block_rows_and_at_read_in_place(dtype, rng):
     """B rows at arbitrary offsets of a flat array; A rows at arbitrary offsets, B rows ldb apart."""
-    mr, nv = BLOCK_SHAPES[0]
+    mr, nv = MR, NV
     rows = make_gemm_block(mr, nv, rows=True)
 
     @njit

@@ -127,11 +127,12 @@ def choose_algo(geom, device, op="conv2d_forward"):
     CPU: "im2col" (implicit GEMMs on a SIMD register block, ~200 GFLOP/s per thread)
     unless its blocks would be mostly padding, for stride 1 only (the direct kernels
     vectorize along output rows, which a stride breaks):
-    - forward: the block spans 6-8 output channels, so "direct" for at most 4 per group
-      (e.g. depthwise);
+    - forward: the block spans 6 output channels, so "direct" for at most 4 per group
+      (e.g. depthwise), and for a patch of at most 32 values (e.g. LeNet's first layer,
+      one channel with 5x5 filters), where the GEMM's fixed costs dominate;
     - input gradient: a forward convolution whose outputs are the input channels, so
       "direct" for at most 4 input channels per group (e.g. RGB or grey images);
-    - weight gradient: the block spans 48-64 output channels, so "direct" for at most 16.
+    - weight gradient: the block spans 64 output channels, so "direct" for at most 16.
 
     CUDA: "im2col" (tiled shared-memory GEMM) when the GEMM is deep enough to
     fill its tiles (input channels per group x kernel area >= 16 and output
@@ -142,7 +143,8 @@ def choose_algo(geom, device, op="conv2d_forward"):
         if geom.sh != 1 or geom.sw != 1:
             return "im2col"
         few = {"conv2d_backward_input": geom.Cg <= 4, "conv2d_backward_weight": geom.Kg <= 16}
-        return "direct" if few.get(op, geom.Kg <= 4) else "im2col"
+        forward_few = geom.Kg <= 4 or geom.Cg * geom.R * geom.S <= 32
+        return "direct" if few.get(op, forward_few) else "im2col"
     deep = geom.Cg * geom.R * geom.S >= 16 and geom.Kg >= 16
     return "im2col" if deep else "direct"
 

@@ -5,7 +5,7 @@ Geometry and padding rules: see ``nbdl.kernels.conv`` (NCHW input, OIHW weight).
 Both algorithms run as one numba parallel region per call and never call BLAS.
 
 im2col runs as implicit GEMMs on the SIMD register block of ``nbdl.kernels._simd``
-(6 or 8 output channels x 64 or 48 pixels of float32 accumulators, ~230 GFLOP/s per
+(6 output channels x 64 pixels of float32 accumulators, ~230 GFLOP/s per
 thread here, against 110-170 for numba's own loops and ~100 for the OpenBLAS behind
 numba's np.dot, whose kernels stop at AVX2 on this machine):
 - forward (and the input gradient of a stride-1 convolution, which is a forward
@@ -34,8 +34,8 @@ from numba import get_num_threads, njit, prange, set_num_threads, uint64
 from . import check_backward_input_args, check_backward_weight_args, check_col_args, \
     check_forward_args, resolve_algo
 from nbdl.kernels._checks import check_array
-from nbdl.kernels._simd import BLOCK_SHAPES, add_scalar_store, block_cols, copy_vectors, gemm_block, \
-    gemm_block_alt, gemm_block_at, gemm_block_rows, gemm_block_rows_alt, prefetch_for_write, store_fence, \
+from nbdl.kernels._simd import MR as _MR, add_scalar_store, block_cols, copy_vectors, gemm_block, gemm_block_at, \
+    gemm_block_rows, prefetch_for_write, store_fence, \
     STREAMING
 from nbdl.kernels._simd import lanes as _simd_lanes
 
@@ -286,10 +286,7 @@ def _implicit_forward(xph, img, wp, boff, bias, has_bias, y, Wph, TG, stream, pa
                 for u in range(ntg):
                     _pack_panel(xph, boff[g, l0:l1], runs[u], nruns[u], pf, NR)
                     for kb in range(KB):
-                        if MR == BLOCK_SHAPES[0][0]:
-                            gemm_block(wp[g, kb, l0:l1], panel[:l1 - l0], cs[u, kb], l0 > 0)
-                        else:
-                            gemm_block_alt(wp[g, kb, l0:l1], panel[:l1 - l0], cs[u, kb], l0 > 0)
+                        gemm_block(wp[g, kb, l0:l1], panel[:l1 - l0], cs[u, kb], l0 > 0)
             for u in range(ntg):
                 for kb in range(KB):
                     k0 = g * Kg + kb * MR
@@ -332,10 +329,7 @@ def _implicit_forward_inplace(xph, img, wp, boff, bias, has_bias, y, Wph, NR, nw
             n, g = divmod(ng, G)
             j0 = tile * NR
             for kb in range(KB):
-                if MR == BLOCK_SHAPES[0][0]:
-                    gemm_block_rows(wp[g, kb], xph, boff[g], n * img + j0, cs[kb], False)
-                else:
-                    gemm_block_rows_alt(wp[g, kb], xph, boff[g], n * img + j0, cs[kb], False)
+                gemm_block_rows(wp[g, kb], xph, boff[g], n * img + j0, cs[kb], False)
             for kb in range(KB):
                 k0 = g * Kg + kb * MR
                 for i in range(min(MR, Kg - kb * MR)):
@@ -838,36 +832,22 @@ def _forward(x, weight, bias, g, algo):
 
 def _implicit(x, weight, b, has_bias, y, g, zero):
     """The im2col forward as an implicit GEMM (see _implicit_forward)."""
-    Hp, Wp = _padded_size(g)
-    Hph, Wph = -(-Hp // g.sh), -(-Wp // g.sw)
-    L = g.Cg * g.R * g.S
-    c, r, s = np.meshgrid(np.arange(g.Cg), np.arange(g.R) * g.dh, np.arange(g.S) * g.dw, indexing="ij")
-    tap = (((c * g.sh + r % g.sh) * g.sw + s % g.sw) * Hph + r // g.sh) * Wph + s // g.sw
-    plane = g.sh * g.sw * Hph * Wph                  # elements of one input channel's phases
-    boff = (np.arange(g.G)[:, None] * (g.Cg * plane) + tap.reshape(1, L)).astype(np.int64)
-    img = g.C * plane
-    # the register block wasting the fewest weight rows, the first unless the second saves
-    # a tenth (a wider block has fewer, cheaper-to-pack tiles)
-    rows = [-(-g.Kg // mr) * mr for mr, _ in BLOCK_SHAPES]
-    MR, NV = BLOCK_SHAPES[1] if rows[1] < 0.9 * rows[0] else BLOCK_SHAPES[0]
-    NR = block_cols(x.dtype.itemsize, NV)
-    ntiles = -(-g.N * g.P * g.Q // NR)
+    Hph, Wph, img, boff = _phase_layout(g)
+    NR = block_cols(x.dtype.itemsize)
     inplace = img * x.dtype.itemsize <= _INPLACE_BYTES
     # slack: whole-vector overreads, and the in-place tiles reading past an image's end
     end = (g.N - 1) * img + int(boff.max()) + -(-g.P * Wph // NR) * NR if inplace else 0
     xph = np.empty(max(g.N * img, end) + _RUN, dtype=x.dtype)
     xph[g.N * img:] = 0
     _to_phase_planes(x, xph, g.sh, g.sw, Hph, Wph, g.pt, g.pl, zero)
-    KB = -(-g.Kg // MR)
-    wp = np.zeros((g.G, KB * MR, L), dtype=x.dtype)
-    wp[:, :g.Kg] = weight.reshape(g.G, g.Kg, L)
-    wp = np.ascontiguousarray(wp.reshape(g.G, KB, MR, L).transpose(0, 1, 3, 2))
+    wp = _weight_blocks(weight, g, _MR)
     if inplace:
         nw = _workers(g.N * g.G * -(-g.P * Wph // NR))
         _implicit_forward_inplace(xph, img, wp, boff, b, has_bias, y, Wph, NR, nw, zero)
         return y
     # tiles per task: their accumulators fit _ACC_BYTES, and every worker gets a few tasks
-    TG = max(1, min(_ACC_BYTES // (KB * MR * NR * x.dtype.itemsize), ntiles,
+    ntiles = -(-g.N * g.P * g.Q // NR)
+    TG = max(1, min(_ACC_BYTES // (wp.shape[1] * _MR * NR * x.dtype.itemsize), ntiles,
                     g.G * ntiles // (4 * get_num_threads())))
     nw = _workers(g.G * -(-ntiles // TG))
     panels = _aligned_empty((nw, _IMPLICIT_KC, NR), x.dtype)
@@ -875,6 +855,30 @@ def _implicit(x, weight, b, has_bias, y, g, zero):
     stream = STREAMING and y.nbytes > _STREAM_BYTES
     _implicit_forward(xph, img, wp, boff, b, has_bias, y, Wph, TG, stream, panels, nw, zero)
     return y
+
+
+def _phase_layout(g):
+    """(Hph, Wph, img, boff): the phase planes' size (each input channel's padded plane split
+    into its sh*sw stride phases, see _to_phase_planes), the elements per image, and
+    boff[grp, l], where tap l = (c, r, s) of group grp starts in an image's planes."""
+    Hp, Wp = _padded_size(g)
+    Hph, Wph = -(-Hp // g.sh), -(-Wp // g.sw)
+    c, r, s = np.meshgrid(np.arange(g.Cg), np.arange(g.R) * g.dh, np.arange(g.S) * g.dw, indexing="ij")
+    tap = (((c * g.sh + r % g.sh) * g.sw + s % g.sw) * Hph + r // g.sh) * Wph + s // g.sw
+    plane = g.sh * g.sw * Hph * Wph
+    boff = (np.arange(g.G)[:, None] * (g.Cg * plane) + tap.reshape(1, -1)).astype(np.int64)
+    return Hph, Wph, g.C * plane, boff
+
+
+def _weight_blocks(weight, g, MR):
+    """wp (G, KB, L, MR): each group's weight (Kg, L = Cg*R*S) cut into blocks of MR rows,
+    each stored tap-major (the micro-kernel reads MR consecutive values per tap); zero rows
+    past Kg."""
+    L = g.Cg * g.R * g.S
+    KB = -(-g.Kg // MR)
+    wp = np.zeros((g.G, KB * MR, L), dtype=weight.dtype)
+    wp[:, :g.Kg] = weight.reshape(g.G, g.Kg, L)
+    return np.ascontiguousarray(wp.reshape(g.G, KB, MR, L).transpose(0, 1, 3, 2))
 
 
 def _aligned_empty(shape, dtype, align=64):
@@ -984,8 +988,7 @@ def _backward_weight(grad_out, x, g, algo):
 
 def _implicit_weight_grad(gy, x, g, gw):
     """The im2col weight gradient as an implicit GEMM (see _implicit_backward_weight)."""
-    MR, NV = BLOCK_SHAPES[0]
-    NR = block_cols(x.dtype.itemsize, NV)
+    MR, NR = _MR, block_cols(x.dtype.itemsize)
     Hp, Wp = _padded_size(g)
     img_g = Hp * Wp * g.Cg
     # padded channels-last input, flat, with room for a tap block's overshoot at the end
@@ -1003,7 +1006,7 @@ def _implicit_weight_grad(gy, x, g, gw):
     npix = g.N * g.P * g.Q
     gyt = np.empty(npix * g.K + NR, dtype=gy.dtype)         # channels-last output gradient
     gyt[npix * g.K:] = 0
-    gyt[:npix * g.K].reshape(g.N, g.P, g.Q, g.K)[...] = gy.transpose(0, 2, 3, 1)
+    _to_padded_channels_last(gy, gyt[:npix * g.K].reshape(g.N, 1, g.P, g.Q, g.K), 1, 0, 0, x.dtype.type(0))
     KBn = -(-g.Kg // NR)
     S_ = max(1, min(_WGRAD_SLICES, npix // _WGRAD_MIN_PIX))   # from the shape only: deterministic
     parts = np.empty((S_, g.G, KBn, len(blocks), MR, NR), dtype=x.dtype)
@@ -1014,11 +1017,8 @@ def _implicit_weight_grad(gy, x, g, gw):
     # total[g, kb, block, i, j] -> gw[g*Kg + kb*NR + j, c, r, s] for tap (r, s, c) of (block, i)
     t = total.transpose(0, 1, 4, 2, 3).reshape(g.G, KBn * NR, len(blocks) * MR)[:, :g.Kg]
     blocks_per_start = -(-run // MR)
-    t = t.reshape(g.G, g.Kg, len(starts), blocks_per_start * MR)[..., :run]
-    if g.dw == 1:       # starts are r, runs (s, c)
-        gw[...] = t.reshape(g.G, g.Kg, g.R, g.S, g.Cg).transpose(0, 1, 4, 2, 3).reshape(g.K, g.Cg, g.R, g.S)
-    else:               # starts are (r, s), runs c
-        gw[...] = t.reshape(g.G, g.Kg, g.R, g.S, g.Cg).transpose(0, 1, 4, 2, 3).reshape(g.K, g.Cg, g.R, g.S)
+    t = t.reshape(g.G, g.Kg, len(starts), blocks_per_start * MR)[..., :run]    # taps in (r, s, c) order
+    gw[...] = t.reshape(g.G, g.Kg, g.R, g.S, g.Cg).transpose(0, 1, 4, 2, 3).reshape(g.K, g.Cg, g.R, g.S)
     return gw
 
 

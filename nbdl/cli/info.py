@@ -68,14 +68,17 @@ def cuda_info():
 
 
 def conv_choices(devices):
-    """[(description, shapes, {device: algorithm})]: what conv2d's "auto" runs for a few shapes."""
+    """[(description, shapes, {device: algorithms})]: what conv2d's "auto" runs for a few shapes
+    (forward / input gradient / weight gradient)."""
     from nbdl.kernels import conv as conv_kernels
 
     forced = nbdl.get_conv_algo()
     rows = []
     for name, x, w, stride, pad, groups in CONV_SHAPES:
         geom = conv_kernels.conv2d_geometry("info", x, w, stride, pad, 1, groups)
-        picks = {d: (forced if forced != "auto" else conv_kernels.choose_algo(geom, d)) for d in devices}
+        passes = ("conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight")
+        picks = {d: (forced if forced != "auto" else "/".join(conv_kernels.choose_algo(geom, d, op) for op in passes))
+                 for d in devices}
         rows.append((name, f"x{x} w{w}" + (f" groups={groups}" if groups > 1 else ""), picks))
     return rows
 
@@ -110,7 +113,7 @@ def info_command(args):
     width = max(len(k) for k, _ in versions + runtime)
     for k, v in versions + runtime:
         print(f"{k:<{width}}  {v}")
-    print('conv2d algo="auto" picks:')
+    print('conv2d algo="auto" picks (forward/input gradient/weight gradient):')
     for name, shapes, picks in conv_choices(("cpu", "cuda")):
         print(f"  {name:<14} {shapes:<44} " + "  ".join(f"{d}: {a}" for d, a in picks.items()))
     return 0
