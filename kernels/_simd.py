@@ -131,7 +131,8 @@ def _gemm_block_intrinsic(MR, NV):
         """gemm_block(a, b, c, accumulate): c[i, j] = (c[i, j] if accumulate else 0) +
         sum_l a[l, i] * b[l, j] for i < MR, j < NR = NV * lanes.
 
-        a (L, MR) and b (L, NR) C-contiguous panels, c a 2-D array of at least MR rows whose
+        a (L, >= MR) with contiguous rows (a panel of MR columns, or the first MR columns of a
+        wider one), b (L, NR) a C-contiguous panel, c a 2-D array of at least MR rows whose
         rows are contiguous and at least NR long (the caller guarantees the shapes: nothing
         is checked here). All three of one float dtype."""
         if not _is_float_array(a, b, c):
@@ -147,8 +148,10 @@ def _gemm_block_intrinsic(MR, NV):
             NR = NV * lanes(context.get_abi_sizeof(fty))
             L = builder.extract_value(av.shape, 0)
 
+            lda = _row_stride(context, builder, a_ty, av)
+
             def a_row(l):
-                return builder.gep(av.data, [builder.mul(l, ir.Constant(ir.IntType(64), MR))])
+                return builder.gep(av.data, [builder.mul(l, lda)])
 
             def b_row(l):
                 return builder.gep(bv.data, [builder.mul(l, ir.Constant(ir.IntType(64), NR))])
@@ -166,7 +169,7 @@ def _gemm_block_rows_intrinsic(MR, NV):
     def gemm_block_rows(typingctx, a, bflat, boff, base, c, accumulate):
         """gemm_block_rows(a, bflat, boff, base, c, accumulate): like gemm_block with B's row l
         read in place at bflat[base + boff[l] :][:NR] (an implicit GEMM: a convolution's
-        column matrix is never packed). a (L, MR) C-contiguous, bflat 1-D contiguous, boff
+        column matrix is never packed). a as in gemm_block, bflat 1-D contiguous, boff
         (L,) int64, c as in gemm_block. The caller guarantees every row lies inside bflat."""
         if not (_is_float_array(a, bflat, c) and isinstance(boff, types.Array)
                 and boff.dtype == types.int64 and isinstance(base, types.Integer)):
@@ -183,8 +186,10 @@ def _gemm_block_rows_intrinsic(MR, NV):
             L = builder.extract_value(av.shape, 0)
             b0 = builder.gep(bv.data, [args[3]])
 
+            lda = _row_stride(context, builder, a_ty, av)
+
             def a_row(l):
-                return builder.gep(av.data, [builder.mul(l, ir.Constant(ir.IntType(64), MR))])
+                return builder.gep(av.data, [builder.mul(l, lda)])
 
             def b_row(l):
                 return builder.gep(b0, [builder.load(builder.gep(ov.data, [l]))])
@@ -237,6 +242,12 @@ def _gemm_block_at_intrinsic(MR, NV):
 
 gemm_block = make_gemm_block(MR, NV)
 gemm_block_rows = make_gemm_block(MR, NV, rows=True)
+# the last, partial block of rows of a GEMM whose row count leaves a remainder of 2 or 4
+# (e.g. 32 or 64 rows): the same panels, fewer accumulators, no multiply-adds on zero rows
+gemm_block_2 = make_gemm_block(2, NV)
+gemm_block_4 = make_gemm_block(4, NV)
+gemm_block_rows_2 = make_gemm_block(2, NV, rows=True)
+gemm_block_rows_4 = make_gemm_block(4, NV, rows=True)
 gemm_block_at = _gemm_block_at_intrinsic(MR, NV)
 
 

@@ -34,9 +34,9 @@ from numba import get_num_threads, njit, prange, set_num_threads, uint64
 from . import check_backward_input_args, check_backward_weight_args, check_col_args, \
     check_forward_args, resolve_algo
 from nbdl.kernels._checks import check_array
-from nbdl.kernels._simd import MR as _MR, add_scalar_store, block_cols, copy_vectors, gemm_block, gemm_block_at, \
-    gemm_block_rows, prefetch_for_write, store_fence, \
-    STREAMING
+from nbdl.kernels._simd import MR as _MR, add_scalar_store, block_cols, copy_vectors, gemm_block, gemm_block_2, \
+    gemm_block_4, gemm_block_at, gemm_block_rows, gemm_block_rows_2, gemm_block_rows_4, prefetch_for_write, \
+    store_fence, STREAMING
 from nbdl.kernels._simd import lanes as _simd_lanes
 
 _JIT = dict(cache=True, fastmath=True, error_model="numpy")
@@ -286,7 +286,7 @@ def _implicit_forward(xph, img, wp, boff, bias, has_bias, y, Wph, TG, stream, pa
                 for u in range(ntg):
                     _pack_panel(xph, boff[g, l0:l1], runs[u], nruns[u], pf, NR)
                     for kb in range(KB):
-                        gemm_block(wp[g, kb, l0:l1], panel[:l1 - l0], cs[u, kb], l0 > 0)
+                        _block(wp[g, kb, l0:l1], panel[:l1 - l0], cs[u, kb], l0 > 0, Kg - kb * MR)
             for u in range(ntg):
                 for kb in range(KB):
                     k0 = g * Kg + kb * MR
@@ -324,25 +324,53 @@ def _implicit_forward_inplace(xph, img, wp, boff, bias, has_bias, y, Wph, NR, nw
     for wkr in prange(nw):
         cs = np.empty((KB, MR, NR), dtype=y.dtype)
         cf = cs.reshape(-1)
+        segs = np.empty((NR, 3), dtype=np.int64)      # (column, p*Q + q, length) of real outputs
         for t in range(wkr, ntasks, nw):
             ng, tile = divmod(t, tpi)
             n, g = divmod(ng, G)
             j0 = tile * NR
             for kb in range(KB):
-                gemm_block_rows(wp[g, kb], xph, boff[g], n * img + j0, cs[kb], False)
+                _block_rows(wp[g, kb], xph, boff[g], n * img + j0, cs[kb], Kg - kb * MR)
+            nseg = 0
+            j = j0
+            while j < min(j0 + NR, PV):                  # the row segments q < Q
+                p, q = divmod(j, Wph)
+                e = min(Wph - q, j0 + NR - j)
+                if q < Q:
+                    segs[nseg, 0], segs[nseg, 1], segs[nseg, 2] = j - j0, p * Q + q, min(e, Q - q)
+                    nseg += 1
+                j += e
             for kb in range(KB):
                 k0 = g * Kg + kb * MR
                 for i in range(min(MR, Kg - kb * MR)):
                     b = bias[k0 + i] if has_bias else zero
                     crow = (kb * MR + i) * NR
-                    j = j0
-                    while j < min(j0 + NR, PV):          # the row segments q < Q
-                        p, q = divmod(j, Wph)
-                        e = min(Wph - q, j0 + NR - j)
-                        if q < Q:
-                            add_scalar_store(cf, crow + j - j0, b, yf, (n * K + k0 + i) * PQ + p * Q + q,
-                                             min(e, Q - q), False)
-                        j += e
+                    ybase = (n * K + k0 + i) * PQ
+                    for v in range(nseg):
+                        add_scalar_store(cf, crow + segs[v, 0], b, yf, ybase + segs[v, 1], segs[v, 2], False)
+
+
+@njit(inline="always", **_JIT)
+def _block(a, b, c, accumulate, rows):
+    """gemm_block on a weight block with `rows` real rows: a last block of 2 or 4 rows runs
+    the smaller micro-kernel instead of multiplying zero rows."""
+    if rows == 2:
+        gemm_block_2(a, b, c, accumulate)
+    elif rows == 4:
+        gemm_block_4(a, b, c, accumulate)
+    else:
+        gemm_block(a, b, c, accumulate)
+
+
+@njit(inline="always", **_JIT)
+def _block_rows(a, bflat, boff, base, c, rows):
+    """gemm_block_rows (overwriting c) with the same choice of micro-kernel as _block."""
+    if rows == 2:
+        gemm_block_rows_2(a, bflat, boff, base, c, False)
+    elif rows == 4:
+        gemm_block_rows_4(a, bflat, boff, base, c, False)
+    else:
+        gemm_block_rows(a, bflat, boff, base, c, False)
 
 
 _RUN = _simd_lanes(4)   # slack after xph for the whole-vector copies of _pack_panel
