@@ -274,7 +274,7 @@ def test_cpu_implicit_gemm_paths(dtype, tuning, monkeypatch, rng):
     """The CPU im2col kernels' blocking paths, each forced by its tuning constant: several tap
     chunks, several tiles per task, non-temporal output stores, the in-place variant for
     small images, several weight-gradient slices; output channels not a multiple of the
-    register block's rows; tiles spanning images."""
+    register block's rows (remainders of 2, 4 and 1 rows); tiles spanning images."""
     from nbdl.kernels.conv import cpu as K
     if tuning == "small_chunks":
         monkeypatch.setattr(K, "_IMPLICIT_KC", 8)
@@ -288,7 +288,7 @@ def test_cpu_implicit_gemm_paths(dtype, tuning, monkeypatch, rng):
     for xs, ws, kw in [((3, 5, 9, 11), (32, 5, 3, 3), dict(padding=1)),
                        ((2, 4, 13, 10), (26, 2, 3, 2), dict(stride=2, padding=(1, 0, 2, 1), dilation=(2, 1),
                                                             groups=2)),
-                       ((2, 3, 15, 15), (7, 3, 5, 5), dict(stride=(2, 3), padding="same")),
+                       ((2, 3, 15, 15), (10, 3, 5, 5), dict(stride=(2, 3), padding="same")),
                        ((4, 2, 30, 30), (6, 2, 3, 3), dict(padding=1))]:        # 57 tiles
         x = rng.standard_normal(xs).astype(dtype)
         w = rng.standard_normal(ws).astype(dtype)
