@@ -27,6 +27,7 @@ block: whole-vector copies (``copy_vectors``), the bias-adding store of a finish
 with a masked tail and optional non-temporal stores (``add_scalar_store``,
 ``store_fence``), and write prefetches (``prefetch_for_write``).
 """
+import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
@@ -34,11 +35,13 @@ from numba.extending import intrinsic
 
 
 def _vector_bytes():
-    """64 where the host compiles AVX-512 (what numba targets by default), else 32."""
+    """64 where numba compiles for AVX-512 (the host's features by default), else 32."""
     try:
         from numba.core import config
         if config.CPU_NAME:                   # a portable cache was asked for
             return 32
+        if config.CPU_FEATURES:               # numba compiles for exactly these features
+            return 64 if "+avx512f" in config.CPU_FEATURES.split(",") else 32
         from llvmlite import binding
         return 64 if binding.get_host_cpu_features().get("avx512f") else 32
     except Exception:
@@ -75,8 +78,9 @@ def make_gemm_block(mr, nv, rows=False):
 
 
 def _is_float_array(*arrays):
+    """All numba array types of one dtype, float32 or float64."""
     return (all(isinstance(a, types.Array) for a in arrays)
-            and all(a.dtype == arrays[0].dtype for a in arrays) and isinstance(arrays[0].dtype, types.Float))
+            and all(a.dtype == arrays[0].dtype for a in arrays) and arrays[0].dtype in (types.float32, types.float64))
 
 
 def _emit_block(context, builder, MR, NV, fty, L, a_row, b_row, c_data, ldc, acc_flag):
@@ -132,9 +136,10 @@ def _gemm_block_intrinsic(MR, NV):
         sum_l a[l, i] * b[l, j] for i < MR, j < NR = NV * lanes.
 
         a (L, >= MR) with contiguous rows (a panel of MR columns, or the first MR columns of a
-        wider one), b (L, NR) a C-contiguous panel, c a 2-D array of at least MR rows whose
-        rows are contiguous and at least NR long (the caller guarantees the shapes: nothing
-        is checked here). All three of one float dtype."""
+        wider one); b a C-contiguous panel read as L rows of NR (its own shape and strides
+        are not looked at); c a 2-D array of at least MR rows whose rows are contiguous and
+        at least NR long. The caller guarantees the shapes: nothing is checked here. All
+        three of one dtype, float32 or float64."""
         if not _is_float_array(a, b, c):
             return None
         sig = types.void(a, b, c, types.boolean)
@@ -306,18 +311,22 @@ def _tail_mask(builder, rest, W):
 
 
 def _masked_load(builder, fty, W):
+    """llvm.masked.load for W lanes of fty (float or double)."""
     vty = ir.VectorType(fty, W)
+    bits = 32 if isinstance(fty, ir.FloatType) else 64
     return cgutils.get_or_insert_function(
         builder.module, ir.FunctionType(vty, [vty.as_pointer(), ir.IntType(32), ir.VectorType(ir.IntType(1), W), vty]),
-        f"llvm.masked.load.v{W}f{8 * (4 if isinstance(fty, ir.FloatType) else 8)}.p0")
+        f"llvm.masked.load.v{W}f{bits}.p0")
 
 
 def _masked_store(builder, fty, W):
+    """llvm.masked.store for W lanes of fty (float or double)."""
     vty = ir.VectorType(fty, W)
+    bits = 32 if isinstance(fty, ir.FloatType) else 64
     return cgutils.get_or_insert_function(
         builder.module,
         ir.FunctionType(ir.VoidType(), [vty, vty.as_pointer(), ir.IntType(32), ir.VectorType(ir.IntType(1), W)]),
-        f"llvm.masked.store.v{W}f{8 * (4 if isinstance(fty, ir.FloatType) else 8)}.p0")
+        f"llvm.masked.store.v{W}f{bits}.p0")
 
 
 @intrinsic
@@ -327,10 +336,10 @@ def add_scalar_store(typingctx, src, s0, b, dst, d0, m, stream):
     (numba's own loop runs a short row, e.g. 28 elements, element by element: its vector
     loop handles 64 at a time.) src and dst are 1-D contiguous arrays of one float dtype.
 
-    stream=True writes the whole vectors with non-temporal stores when dst[d0] is 64-byte
-    aligned: an output far larger than the caches then costs one write to memory instead of
-    a read (for ownership) and a write. Such stores are weakly ordered: call store_fence()
-    before another thread may read them."""
+    stream=True writes the whole vectors with non-temporal stores when dst[d0] is aligned to
+    a vector and STREAMING holds: an output far larger than the caches then costs one write
+    to memory instead of a read (for ownership) and a write. Such stores are weakly ordered:
+    call store_fence() before another thread may read them."""
     if not (_is_float_array(src, dst) and src.ndim == 1 and dst.ndim == 1):
         return None
     sig = types.void(src, types.int64, src.dtype, dst, types.int64, types.int64, types.boolean)
@@ -353,17 +362,19 @@ def add_scalar_store(typingctx, src, s0, b, dst, d0, m, stream):
         src0 = builder.gep(sv.data, [args[1]])
         dst0 = builder.gep(dv.data, [args[4]])
         nfull = builder.sdiv(m, ir.Constant(i64, W))
-        aligned = builder.icmp_unsigned("==", builder.and_(builder.ptrtoint(dst0, i64), ir.Constant(i64, 63)),
+        vbytes = W * itemsize
+        aligned = builder.icmp_unsigned("==", builder.and_(builder.ptrtoint(dst0, i64), ir.Constant(i64, vbytes - 1)),
                                         ir.Constant(i64, 0))
         nt = builder.module.add_metadata([ir.Constant(i32, 1)])
-        with builder.if_else(builder.and_(args[6], aligned)) as (streamed, plain):
+        stream = builder.and_(args[6], ir.Constant(ir.IntType(1), int(STREAMING)))
+        with builder.if_else(builder.and_(stream, aligned)) as (streamed, plain):
             for nontemporal in (True, False):
                 with (streamed if nontemporal else plain):
                     with cgutils.for_range(builder, nfull) as loop:
                         off = builder.mul(loop.index, ir.Constant(i64, W))
                         v = builder.load(builder.bitcast(builder.gep(src0, [off]), vptr), align=itemsize)
                         st = builder.store(builder.fadd(v, bvec), builder.bitcast(builder.gep(dst0, [off]), vptr),
-                                           align=64 if nontemporal else itemsize)
+                                           align=vbytes if nontemporal else itemsize)
                         if nontemporal:
                             st.set_metadata("nontemporal", nt)
         off = builder.mul(nfull, ir.Constant(i64, W))
@@ -408,7 +419,9 @@ def prefetch_for_write(typingctx, arr, start, m):
     return sig, codegen
 
 
-STREAMING = VECTOR_BYTES == 64     # non-temporal output stores: only where sfence exists (x86)
+# non-temporal output stores: with AVX-512 (x86: sfence orders them), where one vector is a
+# whole 64-byte cache line
+STREAMING = VECTOR_BYTES == 64
 
 
 @intrinsic
@@ -427,3 +440,37 @@ def store_fence(typingctx):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+@intrinsic
+def compiled_block_cols(typingctx, x):
+    """compiled_block_cols(x): NR for x's dtype as it was when the calling function was
+    compiled (see check_cache)."""
+    if not _is_float_array(x):
+        return None
+    sig = types.int64(x)
+
+    def codegen(context, builder, signature, args):
+        itemsize = context.get_abi_sizeof(context.get_value_type(signature.args[0].dtype))
+        return ir.Constant(ir.IntType(64), NV * lanes(itemsize))
+
+    return sig, codegen
+
+
+def check_cache(probe, dtype, module):
+    """Guard against kernels cached with another block shape.
+
+    Numba's disk cache keys a function on its own source file only, so kernels that inline
+    these intrinsics keep the block shape of the _simd.py they were compiled with, while
+    their host code sizes buffers with the current one: after an edit of this file they
+    would read and write out of bounds. probe: a cached njit function of the kernel module
+    returning compiled_block_cols(x). On a mismatch the module's disk cache is cleared and a
+    RuntimeError asks for a restart (the stale code is already loaded in this process)."""
+    if probe(np.empty(1, dtype)) == block_cols(np.dtype(dtype).itemsize):
+        return
+    for obj in vars(module).values():
+        cache = getattr(obj, "_cache", None)
+        if hasattr(cache, "flush"):
+            cache.flush()
+    raise RuntimeError(f"{module.__name__}: its cached kernels were compiled against an older "
+                       "nbdl.kernels._simd; the cache was cleared, restart Python")

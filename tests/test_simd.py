@@ -4,8 +4,8 @@ import pytest
 from numba import njit
 
 from nbdl.kernels import _simd
-from nbdl.kernels._simd import (MR, NV, add_scalar_store, block_cols, copy_vectors, gemm_block_at, lanes,
-                                make_gemm_block)
+from nbdl.kernels._simd import (MR, NV, add_scalar_store, block_cols, check_cache, copy_vectors, gemm_block_at,
+                                lanes, make_gemm_block)
 
 DTYPES = [np.float32, np.float64]
 
@@ -81,6 +81,8 @@ def test_copy_and_store_helpers(dtype):
 
     W = lanes(np.dtype(dtype).itemsize)
     src = np.arange(200, dtype=dtype)
+    raw = np.full(200 + 64, -1, dtype)                     # dst: a 64-byte aligned view
+    start = (-raw.ctypes.data % 64) // raw.itemsize
     for m in (0, 1, W - 1, W, W + 1, 3 * W + 5):
         for exact in (True, False):
             dst = np.full(200, -1, dtype)
@@ -90,9 +92,29 @@ def test_copy_and_store_helpers(dtype):
             expect[7:7 + n] = src[3:3 + n]
             np.testing.assert_array_equal(dst, expect)
         for stream in (False, True):
-            for d0 in (0, 3, 16):                  # aligned and not (streaming needs alignment)
-                dst = np.full(200, -1, dtype)
+            for d0 in (0, W, 3):                   # aligned and not (streaming needs alignment)
+                dst = raw[start:start + 200]
+                dst[:] = -1
                 store(src, 3, dtype(0.5), dst, d0, m, stream)
                 expect = np.full(200, -1, dtype)
                 expect[d0:d0 + m] = src[3:3 + m] + 0.5
                 np.testing.assert_array_equal(dst, expect)
+
+
+def test_check_cache_detects_kernels_cached_with_another_block_shape():
+    """A kernel module whose cached code reports another block width: its disk cache is
+    cleared and the error asks for a restart; a matching one passes."""
+    import types
+
+    class Cache:
+        flushed = False
+
+        def flush(self):
+            self.flushed = True
+
+    module = types.ModuleType("kernels_under_test")
+    module.kernel = types.SimpleNamespace(_cache=Cache())
+    with pytest.raises(RuntimeError, match="restart Python"):
+        check_cache(lambda x: block_cols(4) * 2, np.float32, module)
+    assert module.kernel._cache.flushed
+    check_cache(lambda x: block_cols(8), np.float64, module)

@@ -132,7 +132,8 @@ def choose_algo(geom, device, op="conv2d_forward"):
       one channel with 5x5 filters), where the GEMM's fixed costs dominate;
     - input gradient: a forward convolution whose outputs are the input channels, so
       "direct" for at most 4 input channels per group (e.g. RGB or grey images);
-    - weight gradient: the block spans 64 output channels, so "direct" for at most 16.
+    - weight gradient: the block spans 64 float32 output channels (AVX-512), so "direct"
+      for at most 16.
 
     CUDA: "im2col" (tiled shared-memory GEMM) when the GEMM is deep enough to
     fill its tiles (input channels per group x kernel area >= 16 and output
@@ -142,9 +143,10 @@ def choose_algo(geom, device, op="conv2d_forward"):
     if device == "cpu":
         if geom.sh != 1 or geom.sw != 1:
             return "im2col"
-        few = {"conv2d_backward_input": geom.Cg <= 4, "conv2d_backward_weight": geom.Kg <= 16}
-        forward_few = geom.Kg <= 4 or geom.Cg * geom.R * geom.S <= 32
-        return "direct" if few.get(op, forward_few) else "im2col"
+        few = {"conv2d_forward": geom.Kg <= 4 or geom.Cg * geom.R * geom.S <= 32,
+               "conv2d_backward_input": geom.Cg <= 4,
+               "conv2d_backward_weight": geom.Kg <= 16}
+        return "direct" if few[op] else "im2col"
     deep = geom.Cg * geom.R * geom.S >= 16 and geom.Kg >= 16
     return "im2col" if deep else "direct"
 

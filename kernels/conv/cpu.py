@@ -21,12 +21,13 @@ numba's np.dot, whose kernels stop at AVX2 on this machine):
 One thread pool (numba's) does everything: alternating numba's and a BLAS's pools was
 seen to make them fight for the two cores (5-100x slowdowns).
 
-Parallel loops hand out whole tasks (an image, an image tile, a block of weight
-rows) to workers in a fixed round-robin; every output element is written by
+Parallel loops hand out whole tasks (an image, a group of pixel tiles, a slice of the
+weight gradient's pixels x a block of channels) to workers in a fixed round-robin; every output element is written by
 exactly one task and every reduction runs in a fixed order, so results are
 identical from run to run. Each worker allocates its scratch tile once.
 """
 import contextlib
+import sys
 
 import numpy as np
 from numba import get_num_threads, njit, prange, set_num_threads, uint64
@@ -37,12 +38,14 @@ from nbdl.kernels._checks import check_array
 from nbdl.kernels._simd import MR as _MR, add_scalar_store, block_cols, copy_vectors, gemm_block, gemm_block_2, \
     gemm_block_4, gemm_block_at, gemm_block_rows, gemm_block_rows_2, gemm_block_rows_4, prefetch_for_write, \
     store_fence, STREAMING
+from nbdl.kernels._simd import check_cache, compiled_block_cols
 from nbdl.kernels._simd import lanes as _simd_lanes
 
 _JIT = dict(cache=True, fastmath=True, error_model="numpy")
 
 # implicit GEMMs (tuning measured on a 2-core AVX-512 machine; tests force each path)
 _IMPLICIT_KC = 128          # taps per chunk: a chunk's panel (KC x 64 floats) stays in L1
+_COPY_SLACK = _simd_lanes(4)  # >= the lanes of any dtype: slack for whole-vector copies
 _ACC_BYTES = 64 << 10       # accumulators of the tiles one forward task computes
 _INPLACE_BYTES = 64 << 10   # images up to this size: the forward reads the input in place
 _STREAM_BYTES = 16 << 20    # outputs larger than this bypass the caches (non-temporal stores)
@@ -50,7 +53,7 @@ _WGRAD_SLICES = 8           # weight gradient: most slices of the pixel reductio
 _WGRAD_MIN_PIX = 8192       # ... and fewest pixels per slice
 _WGRAD_CHUNK = 256          # pixels per step of a slice: their gy rows stay in L2
 # the strided input gradient's dot-product kernel
-MR, NR = 6, 4               # register block of _dot6x4
+_DOT_MR, _DOT_NR = 6, 4     # register block of _dot6x4
 _TILE_BYTES = 256 * 1024    # scratch tile per worker: fits the 1 MiB L2 with room for the weights
 _KC = 256                   # reduction chunk: a 4-row block of each operand stays in L1
 
@@ -143,7 +146,9 @@ def _to_padded_channels_last(x, xt, G, pt, pl, zero):
     """xt[n, g, i, j, c] = x[n, g*Cg + c, i - pt, j - pl], zero outside the image.
 
     Channels-last makes a receptive-field row (S pixels x Cg channels) one contiguous
-    run, so packing a patch is R short copies; padding becomes plain zeros."""
+    run (the weight gradient reads patch rows in place; the strided input gradient
+    scatters into them); padding becomes plain zeros. Also transposes the output gradient
+    to channels-last (G = 1, no padding)."""
     N, C, H, W = x.shape
     Hp, Wp, Cg = xt.shape[2], xt.shape[3], xt.shape[4]
     for n in prange(N):
@@ -240,7 +245,7 @@ def _implicit_forward(xph, img, wp, boff, bias, has_bias, y, Wph, TG, stream, pa
     """y[n, g*Kg + k, p, q] = bias + sum_l w_g[k, l] * xph[n*img + boff[g, l] + p*Wph + q]: the
     im2col GEMM, its column matrix packed tile by tile straight from the input.
 
-    xph the phase planes of the padded input (see _to_phase_planes) plus _RUN elements of
+    xph the phase planes of the padded input (see _to_phase_planes) plus _COPY_SLACK elements of
     slack, img elements per image; boff[g, l] where tap l = (c, r, s) of group g starts, so
     output pixel (p, q) of image n reads xph[n*img + boff[g, l] + p*Wph + q] (a stride-1 read
     whatever the stride). wp (G, KB, L, MR) the weight packed in blocks of MR output channels.
@@ -373,9 +378,6 @@ def _block_rows(a, bflat, boff, base, c, rows):
         gemm_block_rows(a, bflat, boff, base, c, False)
 
 
-_RUN = _simd_lanes(4)   # slack after xph for the whole-vector copies of _pack_panel
-
-
 @njit(**_JIT)
 def _tile_runs(j0, npix, P, Q, Wph, img, runs):
     """The runs of output pixels j0 .. j0 + npix - 1 (j = (n*P + p)*Q + q): runs[i] = (column in
@@ -398,10 +400,10 @@ def _pack_panel(src, offs, runs, nrun, dst, NR):
     tile's column panel, run by run. A run is copied in whole vectors, its overshoot landing
     in the columns of the runs after it, which are written later; a run whose overshoot
     could leave the row (into the next row, already written) is copied exactly. (src has
-    _RUN elements of slack for the overreads.)"""
+    _COPY_SLACK elements of slack for the overreads.)"""
     for i in range(nrun):
         a, v, m = runs[i, 0], runs[i, 1], runs[i, 2]
-        exact = i == nrun - 1 or a + m + _RUN > NR
+        exact = i == nrun - 1 or a + m + _COPY_SLACK > NR
         for l in range(offs.shape[0]):
             copy_vectors(src, offs[l] + v, dst, l * NR + a, m, exact)
 
@@ -443,15 +445,15 @@ def _im2col_backward_input(gy, wt, gxt, R, S, sh, sw, dh, dw, LC, TP, nw, zero):
                         gyt[j, k] = gy3[n, g * Kg + k, pix0 + j] if (j < npix and k < Kg) else zero
                 for l0 in range(0, L, LC):
                     l1 = min(L, l0 + LC)
-                    for j in range(0, npix, MR):
-                        for l in range(0, l1 - l0, NR):
+                    for j in range(0, npix, _DOT_MR):
+                        for l in range(0, l1 - l0, _DOT_NR):
                             b = l0 + l
                             blk = _dot6x4(gyt[j], gyt[j + 1], gyt[j + 2], gyt[j + 3], gyt[j + 4], gyt[j + 5],
                                           wt[g, b], wt[g, b + 1], wt[g, b + 2], wt[g, b + 3], Kp, zero)
-                            for jj in range(MR):
-                                for ll in range(NR):
+                            for jj in range(_DOT_MR):
+                                for ll in range(_DOT_NR):
                                     gcol[j + jj, l + ll] = blk[jj][ll]
-                    for j in range(npix):               # scatter-add, the adjoint of _pack_patch_rows
+                    for j in range(npix):               # scatter-add: the adjoint of packing patch rows
                         p, q = divmod(pix0 + j, Q)
                         src = gcol[j]
                         for u in range(l0 // run, (l1 - 1) // run + 1):
@@ -820,7 +822,7 @@ def _geom_args(geom):
 
 def _tile_rows(row_len, itemsize, lo=24, hi=516):
     """Rows of a per-worker tile of row_len elements that fit _TILE_BYTES (a multiple of 12,
-    so that blocks of MR and of NR rows both tile it)."""
+    so that blocks of _DOT_MR and of _DOT_NR rows both tile it)."""
     rows = _TILE_BYTES // max(1, row_len * itemsize)
     return max(lo, min(hi, rows)) // 12 * 12
 
@@ -858,14 +860,30 @@ def _forward(x, weight, bias, g, algo):
     return _implicit(x, weight, b, has_bias, y, g, zero)
 
 
+@njit(**_JIT)
+def _compiled_block_cols(x):
+    return compiled_block_cols(x)
+
+
+_cache_checked = set()
+
+
+def _check_simd_cache(dtype):
+    """Once per dtype: the cached kernels match nbdl.kernels._simd (see its check_cache)."""
+    if dtype not in _cache_checked:
+        check_cache(_compiled_block_cols, dtype, sys.modules[__name__])
+        _cache_checked.add(dtype)
+
+
 def _implicit(x, weight, b, has_bias, y, g, zero):
     """The im2col forward as an implicit GEMM (see _implicit_forward)."""
+    _check_simd_cache(x.dtype)
     Hph, Wph, img, boff = _phase_layout(g)
     NR = block_cols(x.dtype.itemsize)
     inplace = img * x.dtype.itemsize <= _INPLACE_BYTES
     # slack: whole-vector overreads, and the in-place tiles reading past an image's end
     end = (g.N - 1) * img + int(boff.max()) + -(-g.P * Wph // NR) * NR if inplace else 0
-    xph = np.empty(max(g.N * img, end) + _RUN, dtype=x.dtype)
+    xph = np.empty(max(g.N * img, end) + _COPY_SLACK, dtype=x.dtype)
     xph[g.N * img:] = 0
     _to_phase_planes(x, xph, g.sh, g.sw, Hph, Wph, g.pt, g.pl, zero)
     wp = _weight_blocks(weight, g, _MR)
@@ -951,7 +969,7 @@ def _backward_input(grad_out, weight, g, algo):
         return gx
     L = g.R * g.S * g.Cg
     Kp = _round_up(g.Kg, 16)
-    Lp4 = _round_up(L, NR)
+    Lp4 = _round_up(L, _DOT_NR)
     wt = np.zeros((g.G, Lp4, Kp), dtype=weight.dtype)
     wt[:, :L, :g.Kg] = weight.reshape(g.G, g.Kg, g.Cg, g.R, g.S).transpose(0, 3, 4, 2, 1).reshape(g.G, L, g.Kg)
     Hp, Wp = _padded_size(g)
@@ -1016,6 +1034,7 @@ def _backward_weight(grad_out, x, g, algo):
 
 def _implicit_weight_grad(gy, x, g, gw):
     """The im2col weight gradient as an implicit GEMM (see _implicit_backward_weight)."""
+    _check_simd_cache(x.dtype)
     MR, NR = _MR, block_cols(x.dtype.itemsize)
     Hp, Wp = _padded_size(g)
     img_g = Hp * Wp * g.Cg
