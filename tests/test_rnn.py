@@ -458,6 +458,75 @@ def test_kernel_argument_checks():
         K.lstm_backward(y, hn, cn, x, w_ih, w_hh, hs, cs, gates[:1])
 
 
+# --- CPU internals: packed GEMMs and time loops shared among threads --------------------------
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_cpu_packed_gemm_matches_numpy(rng, dtype, monkeypatch):
+    from nbdl.kernels.rnn import cpu
+    tol = 1e-12 if dtype == np.float64 else 1e-4
+    # shapes off the register block (6 x 64), an empty reduction, a reduction longer than
+    # one chunk, a transposed left operand large enough to be copied first
+    for m, k, n in [(1, 3, 1), (7, 13, 70), (13, 600, 65), (50, 0, 7), (130, 31, 200), (200, 150, 20)]:
+        a = rng.standard_normal((m, k)).astype(dtype)
+        b = rng.standard_normal((k, n)).astype(dtype)
+        ref = a.astype(np.float64) @ b
+        monkeypatch.setattr(cpu, "_PARALLEL_WORK", 1 << 62)
+        out = cpu._matmul(a, b)
+        np.testing.assert_allclose(out, ref, rtol=tol, atol=tol * max(k, 1))
+        # the same bits through transposed views and with the rows shared among threads
+        monkeypatch.setattr(cpu, "_PARALLEL_WORK", 0)
+        assert np.array_equal(cpu._matmul(np.ascontiguousarray(a.T).T, np.ascontiguousarray(b.T).T), out)
+        acc = np.ones((m, n), dtype)
+        cpu._matmul(a, b, out=acc, accumulate=True)
+        np.testing.assert_allclose(acc, ref + 1, rtol=tol, atol=tol * max(k, 1))
+        b2 = rng.standard_normal((k, 3)).astype(dtype)
+        o1, o2 = cpu._matmul_pair(a, b, b2)
+        assert np.array_equal(o1, out)
+        np.testing.assert_allclose(o2, a.astype(np.float64) @ b2, rtol=tol, atol=tol * max(k, 1))
+
+
+def _lstm_kernel_run(K, args, kw):
+    """Forward and backward of K.lstm_forward/backward; every output array."""
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh = args
+    y, h_n, c_n, hs, cs, gates = K.lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, **kw)
+    dy = np.cos(3 * y).astype(y.dtype)
+    back = K.lstm_backward(dy, np.sin(h_n), np.cos(c_n), x, w_ih, w_hh, hs, cs, gates, **kw)
+    return (y, h_n, c_n, gates) + tuple(back)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_cpu_lstm_threads_give_the_same_bits(rng, dtype, monkeypatch):
+    """The time loop shared among threads by hidden units (spin barriers) gives exactly the
+    one-thread result, for every row-block shape: one row (matrix-vector products), blocks of
+    MR or 8 rows with padding, odd hidden sizes, lengths, masks, reverse; and it matches the
+    numpy reference."""
+    from nbdl.kernels.rnn import cpu
+    for steps, batch, inputs, hidden in [(4, 1, 3, 7), (3, 2, 5, 9), (3, 1, 4, 40), (5, 5, 4, 16), (3, 13, 6, 37)]:
+        w = [rng.standard_normal(s).astype(dtype) * 0.5
+             for s in ((4 * hidden, inputs), (4 * hidden, hidden), (4 * hidden,), (4 * hidden,))]
+        x = rng.standard_normal((steps, batch, inputs)).astype(dtype)
+        h0, c0 = (rng.standard_normal((batch, hidden)).astype(dtype) for _ in range(2))
+        lengths = rng.integers(1, steps + 1, batch)
+        mask = (rng.random((batch, hidden)) > 0.3).astype(dtype) / dtype(0.7)
+        for kw in (dict(lengths=lengths, mask=mask), dict(reverse=True, lengths=lengths, mask=mask)):
+            args = (x, h0, c0, *w)
+            monkeypatch.setattr(cpu, "_PARALLEL_WORK", 1 << 62)
+            one = _lstm_kernel_run(cpu, args, kw)
+            monkeypatch.setattr(cpu, "_PARALLEL_WORK", 0)
+            shared = _lstm_kernel_run(cpu, args, kw)
+            for u, v in zip(one, shared):
+                assert (u is None and v is None) or np.array_equal(u, v)
+            if kw.get("reverse"):      # the reference runs reverse only as a second direction
+                continue
+            ref_y, ref_h, ref_c = np_rnn("lstm", x.astype(np.float64), [tuple(a.astype(np.float64) for a in w)],
+                                         h0[None].astype(np.float64), c0[None].astype(np.float64),
+                                         lengths=lengths, masks=[mask.astype(np.float64)])
+            tol = 1e-12 if dtype == np.float64 else 1e-4
+            np.testing.assert_allclose(shared[0], ref_y, rtol=tol, atol=tol)
+            np.testing.assert_allclose(shared[1], ref_h[0], rtol=tol, atol=tol)
+            np.testing.assert_allclose(shared[2], ref_c[0], rtol=tol, atol=tol)
+
+
 # --- small sequence tasks train ------------------------------------------------------------------
 
 def adding_problem(rng, steps, batch):

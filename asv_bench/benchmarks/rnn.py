@@ -11,7 +11,12 @@ Other (cell, shape) pairs show as n/a. The input does not require grad (a first
 layer), so forward+backward computes the weight gradients but not dx, in both
 frameworks. FLOPs count the GEMMs only: forward 2 T B G H (I + H) with G gate
 blocks; backward adds 2 T B G H (I + 2H) (dW_ih, dW_hh and the recurrent dh).
+
+``python -m asv_bench.benchmarks.rnn [threads] [cell ...]`` prints the nbdl/PyTorch
+ratios of every pair in one process (see ``_compare``).
 """
+import numpy as np
+
 from ._common import Benchmark, DEVICES, first_time, flops, largest_shape_only, nbdl_on, randn, torch_on
 
 CELLS = ["lstm", "gru", "rnn_tanh"]
@@ -81,3 +86,63 @@ class RNN(_RNN):
 
 class TorchRNN(_RNN):
     framework = staticmethod(torch_on)
+
+
+def _compare(threads=2, repeats=7, cells=None):
+    """Print nbdl against PyTorch on every (cell, shape) of RUNS, float32, in one process.
+
+    Medians of ``repeats`` calls, nbdl and PyTorch interleaved and each side measured
+    twice (the better median kept), so a burst of load on a shared machine hurts both
+    alike. Same layer weights on both sides; forward under no_grad, forward+backward
+    computes the weight gradients (the input does not require grad).
+    """
+    import os
+    import time
+
+    import numba
+    import torch
+
+    torch.set_num_threads(threads)
+    numba.set_num_threads(threads)
+
+    def median(f):
+        f()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            f()
+            times.append(time.perf_counter() - t0)
+        return float(np.median(times))
+
+    print(f"{threads} thread(s), wall clock, median of {repeats}; load average "
+          f"{os.getloadavg()[0]:.2f}")
+    print(f"{'cell':9} {'shape (T,B,I,H)':22} {'fwd ms nbdl / torch':>21} {'ratio':>6} "
+          f"{'fwd+bwd ms nbdl / torch':>25} {'ratio':>6}")
+    for shape in SHAPES:
+        for cell in RUNS[shape]:
+            if cells and cell not in cells:
+                continue
+            runs = {}
+            for cls in (RNN, TorchRNN):
+                bench = cls()
+                bench.setup("cpu", cell, shape)
+                runs[cls.__name__] = bench
+            nb, tb = runs["RNN"], runs["TorchRNN"]
+            with torch.no_grad():                   # the same weights on both sides
+                for name, p in tb.layer.named_parameters():
+                    p.copy_(torch.from_numpy(getattr(nb.layer, name).numpy()))
+            pairs = (("nf", nb.forward), ("tf", tb.forward), ("nb", nb.forward_backward),
+                     ("tb", tb.forward_backward))
+            t = {key: median(f) for key, f in pairs}
+            t = {key: min(t[key], median(f)) for key, f in pairs}
+            print(f"{cell:9} {str(shape):22} {t['nf'] * 1e3:9.2f} / {t['tf'] * 1e3:9.2f} "
+                  f"{t['nf'] / t['tf']:6.2f} {t['nb'] * 1e3:11.2f} / {t['tb'] * 1e3:11.2f} "
+                  f"{t['nb'] / t['tb']:6.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    # python -m asv_bench.benchmarks.rnn [threads] [cell ...]
+    import sys
+    args = sys.argv[1:]
+    _compare(threads=int(args[0]) if args and args[0].isdigit() else 2,
+             cells=[a for a in args if not a.isdigit()] or None)

@@ -1,42 +1,74 @@
-"""CPU recurrent layers: GEMMs around one compiled time loop per cell.
+"""CPU recurrent layers: packed GEMMs around one compiled time loop per cell.
 
-Forward: the input projection x @ w_ih.T of all T steps is one GEMM
-(``nbdl.kernels.linalg.cpu.matmul``; one BLAS call on the calling thread when it is
-small), written straight into the gates array. Then
-one ``@njit`` call runs the whole time loop, so no step pays Python's call
-overhead (at B=1 a step takes a few microseconds). Batch rows never interact in a
-recurrence, so the batch is cut into contiguous row blocks, one per thread, and
-each thread runs all T steps of its block with no barrier between steps. A step
-of a block is
+GEMMs: the input projection x @ w_ih.T of all T steps, dx and the weight gradients
+(sums over all T*B rows) run on the explicit-SIMD micro-kernel of ``nbdl.kernels._simd``
+(``_matmul``: the right operand packed once into column panels, the left one packed
+per block of rows; rows shared among the threads). Every output is one fixed-order
+chain of multiply-adds, so the bits do not depend on the thread count. The two weight
+gradients share their left operand, dL/d(pre-activations), and run as one pass; the
+LSTM backward writes that operand transposed, (4H, T*B), so its rows are contiguous,
+and sums the bias gradient inside the time loop.
 
-- the recurrent product h @ w_hh.T of its rows, by ``_gemm_nt``: 4 x 4 register
-  blocks, the reduction axis contiguous in both operands. (A BLAS call would
-  repack the whole weight matrix at every step, which costs more than the product
-  itself for a few rows.)
-- the fused gate math of those rows: pre-activations summed in place in the gate
-  row, then one sigmoid/tanh sweep per gate block over contiguous memory, so the
-  polynomial sigmoid/tanh of ``nbdl.kernels._fastmath`` run as SIMD.
+LSTM time loops (forward and backward through time): one ``@njit`` call runs the whole
+loop, so no step pays Python's call overhead (at B=1 a step takes about two
+microseconds). The threads share a step by hidden units: thread k owns units
+[u_k, u_k+1) of every gate for all batch rows, keeps its slice of W_hh packed for the
+micro-kernel (in its own core's cache from step to step), computes the recurrent
+product and the gate math of its units, and meets the other threads at a spin barrier
+once per step (see "time loops shared among threads" below). Batches of one or two rows
+use a one-row block (a matrix-vector product, bound by the cache bandwidth for W_hh).
 
-Backward: the same row-blocked loop walks the steps in reverse and stores every
-step's pre-activation gradient (T, B, G); the recurrent product uses w_hh
-transposed once per call. Then dx is one GEMM, and dw_ih, dw_hh and the bias
-gradients are sums over all T*B rows, cut into a fixed number of row chunks (BLAS
-on transposed views, no copies) added in order: deterministic for any thread count.
+Vanilla RNN and GRU time loops cut the batch into contiguous row blocks, one per
+thread, each running all T steps with no barrier; a step is the recurrent product
+h @ w_hh.T of its rows by ``_gemm_nt`` (4 x 4 register blocks) and the fused gate math.
 
-Work under about 8 million multiply-adds (~0.1 ms) runs on the calling thread
-without entering a parallel region. Only numba's thread pool ever runs (the BLAS behind np.dot is
-held at one thread), so no second pool spins against it.
+The gate math runs on contiguous 1-D views in small functions, so the polynomial
+sigmoid/tanh of ``nbdl.kernels._fastmath`` run as SIMD. Small GEMMs and LSTM loops
+(under about a million multiply-adds; RNN/GRU loops under eight million) run on the
+calling thread without entering a parallel region. Only numba's thread pool runs: no
+BLAS call remains. Large scratch buffers (packed panels, per-step gradients) are kept
+between calls, per Python thread.
 """
+import math
+import os
+import sys
+import threading
+
 import numpy as np
-from numba import get_num_threads, njit, prange
+from llvmlite import ir
+from numba import get_num_threads, get_parallel_chunksize, njit, prange, threading_layer, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from nbdl.kernels._fastmath import FASTMATH, FASTMATH_REDUCE, sigmoid, tanh
-from nbdl.kernels.linalg.cpu import _pin_blas_to_one_thread, matmul
+from nbdl.kernels._simd import MR, NV, VECTOR_BYTES as _VECTOR_BYTES, block_cols, check_cache, \
+    compiled_block_cols, gemm_block, lanes, make_gemm_block, prefetch_for_write
 from nbdl.kernels.rnn import (check_backward, check_forward, check_lengths, check_mask_args,
                               check_nonlinearity, splitmix_uniform)
 
 _JIT = dict(cache=True, fastmath=FASTMATH, error_model="numpy")
 _uniform = njit(inline="always")(splitmix_uniform)
+
+
+# --- scratch buffers -------------------------------------------------------------------
+
+_workspace = threading.local()
+
+
+def _scratch(name, shape, dtype, zero=False):
+    """A scratch array that never leaves a call (packed panels, per-step gradients), kept
+    per Python thread between calls: fresh multi-megabyte arrays were page-faulted in
+    on every call (measured 0.2-0.4 ms per megabyte-sized array)."""
+    arrays = _workspace.__dict__.setdefault("arrays", {})
+    size = math.prod(shape)
+    dtype = np.dtype(dtype)
+    buf = arrays.get((name, dtype))
+    if buf is None or buf.size < size:
+        buf = arrays[name, dtype] = np.empty(size, dtype=dtype)
+    out = buf[:size].reshape(shape)
+    if zero:
+        out.fill(0)
+    return out
 
 
 # --- dense pieces ---------------------------------------------------------------------
@@ -176,46 +208,248 @@ def _masked(h, mask, r0, hrec):
     return hrec
 
 
-# --- weight gradients: sums over all T*B rows -------------------------------------------
+# --- packed GEMMs on the SIMD micro-kernel ----------------------------------------------
+#
+# out (M, N) (+)= a (M, K) @ b (K, N), with b packed once into column panels
+# bp (P, K, NR), bp[p, l, j] = b[l, p*NR + j] (zero past column N), and a packed per
+# block of MR rows into ap (K, MR), ap[l, i] = a[i0 + i, l]. The micro-kernel keeps an
+# MR x NR block of out in registers for a whole run over l, so every output is one
+# fixed-order chain of multiply-adds over l: the bits do not depend on how rows or
+# panels are shared among threads.
 
-_PARTS = 4                # row chunks of a weight-gradient sum: fixed, so the result does not
+_PARALLEL_WORK = 1 << 20   # multiply-adds (~5 us on one core) below which a product or a
+                           # time loop runs on the calling thread (a parallel region costs
+                           # ~2 us to start on an idle machine)
+_KC = 512        # reduction chunk: a (KC, NR) panel slice (64 KiB float32) stays in L1/L2
+_ROW_CHUNK = 8   # blocks of MR rows packed together and run against each panel slice
+
+
+@njit(**_JIT)
+def _compiled_block_cols(x):
+    return compiled_block_cols(x)
+
+
+_cache_checked = set()
+
+
+def _block_cols(dtype):
+    """NR, the micro-kernel's columns, for a dtype; the first call per dtype also checks that
+    the cached kernels were compiled with this block shape (see _simd.check_cache)."""
+    dtype = np.dtype(dtype)
+    if dtype not in _cache_checked:
+        check_cache(_compiled_block_cols, dtype, sys.modules[__name__])
+        _cache_checked.add(dtype)
+    return block_cols(dtype.itemsize)
+
+
+def _panel_count(n, nr):
+    return -(-n // nr)
+
+
+@njit(**_JIT)
+def _pack_panels(b, bp, p0, p1):
+    """bp[p, l, j] = b[l, p*NR + j] for panels p0 <= p < p1 (zero past b's last column).
+
+    b (K, N) any layout (a transposed weight is read in place: a gather). Unsigned
+    indices: no negative-index wrap-around test, so the copy loops vectorize."""
+    k, n = b.shape
+    nr = bp.shape[2]
+    z = bp.dtype.type(0)
+    for p in range(p0, p1):
+        j0 = np.uint64(p * nr)
+        jn = min(nr, n - p * nr)
+        for l in range(np.uint64(k)):
+            row = bp[p, l]
+            for j in range(np.uint64(jn)):
+                row[j] = b[l, j0 + j]
+            for j in range(jn, nr):
+                row[j] = z
+
+
+@njit(parallel=True, **_JIT)
+def _pack_panels_par(b, bp, nthreads):
+    """_pack_panels with the panels shared among nthreads threads."""
+    n = bp.shape[0]
+    for t in prange(nthreads):
+        _pack_panels(b, bp, t * n // nthreads, (t + 1) * n // nthreads)
+
+
+def _pack(b, dtype, name="b"):
+    """Column panels (P, K, NR) of b (K, N) (see above), in the scratch buffer ``name``."""
+    k, n = b.shape
+    nr = _block_cols(dtype)
+    return _pack_into(b, _scratch(name, (_panel_count(n, nr), k, nr), dtype))
+
+
+def _pack_into(b, bp):
+    """bp (P, K, NR) = the column panels of b (K, N), on every thread when large."""
+    nthreads = get_num_threads()
+    if nthreads > 1 and bp.size >= 1 << 16:
+        _pack_panels_par(b, bp, nthreads)
+    else:
+        _pack_panels(b, bp, 0, bp.shape[0])
+    return bp
+
+
+@njit(inline="always")
+def _pack_rows(a, ap, i0, nblk, m):
+    """ap[blk, l, i] = a[i0 + blk*MR + i, l] for blk < nblk, i < MR (zero rows past m).
+
+    Reads a where it is contiguous: along its rows, or for a transposed view along its
+    columns (nblk*MR values at a time). Unsigned indices: no negative-index test."""
+    mr = ap.shape[2]
+    k = a.shape[1]
+    n = min(nblk * mr, m - i0)
+    if a.strides[0] < a.strides[1]:
+        umr = np.uint64(mr)
+        u0 = np.uint64(i0)
+        for l in range(np.uint64(k)):
+            for r in range(np.uint64(n)):
+                ap[r // umr, l, r % umr] = a[u0 + r, l]
+    else:
+        for r in range(n):
+            src = a[i0 + r]
+            dst = ap[r // mr]
+            i = np.uint64(r % mr)
+            for l in range(np.uint64(k)):
+                dst[l, i] = src[l]
+    for r in range(n, nblk * mr):
+        _fill(ap[r // mr, :, r % mr], 0)
+
+
+@njit(inline="always")
+def _store_block(ap, bp, out, i, j, tile, accumulate):
+    """out[i:i+MR, j:j+NR] (+)= ap.T @ bp, through ``tile`` where the block overhangs out."""
+    mr, nr = tile.shape
+    if i + mr <= out.shape[0] and j + nr <= out.shape[1]:
+        gemm_block(ap, bp, out[i:i + mr, j:j + nr], accumulate)
+        return
+    m = min(mr, out.shape[0] - i)
+    n = min(nr, out.shape[1] - j)
+    if accumulate:
+        for r in range(m):
+            for c in range(n):
+                tile[r, c] = out[i + r, j + c]
+    gemm_block(ap, bp, tile, accumulate)
+    for r in range(m):
+        for c in range(n):
+            out[i + r, j + c] = tile[r, c]
+
+
+@njit(**_JIT)
+def _gemm_packed_rows(a, bp, out, np1, out2, r0, r1, accumulate):
+    """out[r0:r1] (+)= a[r0:r1] @ b, b given as panels bp (P, K, NR); out (M, N), N <= P*NR.
+
+    Two products with one left operand: panels from np1 on belong to a second b, whose
+    product goes to out2 (np1 = P and an empty out2 for one product). a is packed once."""
+    k = a.shape[1]
+    npan, _, nr = bp.shape
+    mr = MR
+    ap = np.empty((_ROW_CHUNK, k, mr), a.dtype)
+    tile = np.empty((mr, nr), a.dtype)
+    for c0 in range(r0, r1, _ROW_CHUNK * mr):
+        nblk = min(_ROW_CHUNK, -(-(r1 - c0) // mr))
+        _pack_rows(a, ap, c0, nblk, r1)
+        for k0 in range(0, max(k, 1), _KC):
+            k1 = min(k, k0 + _KC)
+            acc = accumulate or k0 > 0
+            for p in range(npan):
+                dst = out[:r1] if p < np1 else out2[:r1]
+                j = p * nr if p < np1 else (p - np1) * nr
+                for blk in range(nblk):
+                    _store_block(ap[blk, k0:k1], bp[p, k0:k1], dst, c0 + blk * mr, j, tile, acc)
+
+
+@njit(parallel=True, **_JIT)
+def _gemm_packed_par(a, bp, out, np1, out2, bounds, accumulate):
+    """_gemm_packed_rows on the row blocks [bounds[t], bounds[t+1]), one per thread."""
+    for t in prange(bounds.shape[0] - 1):
+        _gemm_packed_rows(a, bp, out, np1, out2, bounds[t], bounds[t + 1], accumulate)
+
+
+def _gemm_packed(a, bp, out, np1=None, out2=None, accumulate=False):
+    """out (M, N) (+)= a (M, K) @ b for b packed by _pack (and out2 from panels np1 on,
+    see _gemm_packed_rows); rows shared among the threads in multiples of MR (one call on
+    this thread for small products)."""
+    m, k = a.shape
+    if np1 is None:
+        np1, out2 = bp.shape[0], out[:, :0]
+    n = out.shape[1] + out2.shape[1]
+    if m == 0 or n == 0:
+        return out
+    nthreads = 1 if m * k * n < _PARALLEL_WORK else max(1, min(get_num_threads(), -(-m // MR)))
+    if nthreads == 1:
+        _gemm_packed_rows(a, bp, out, np1, out2, 0, m, accumulate)
+        return out
+    blocks = -(-m // MR)
+    bounds = np.array([min(m, (t * blocks // nthreads) * MR) for t in range(nthreads + 1)], dtype=np.int64)
+    _gemm_packed_par(a, bp, out, np1, out2, bounds, accumulate)
+    return out
+
+
+_TILE = 32       # transposes move 32 x 32 tiles: whole cache lines on both sides
+
+
+@njit(**_JIT)
+def _transpose_cols(src, out, c0, c1):
+    """out[c, r] = src[r, c] for columns c0 <= c < c1 of src (m, n), tile by tile."""
+    m = src.shape[0]
+    for cb in range(c0, c1, _TILE):
+        for rb in range(0, m, _TILE):
+            for c in range(cb, min(c1, cb + _TILE)):
+                dst = out[c]
+                for r in range(np.uint64(rb), np.uint64(min(m, rb + _TILE))):
+                    dst[r] = src[r, c]
+
+
+@njit(parallel=True, **_JIT)
+def _transpose_par(src, out, nthreads):
+    n = src.shape[1]
+    for t in prange(nthreads):
+        _transpose_cols(src, out, t * n // nthreads, (t + 1) * n // nthreads)
+
+
+def _rows_contiguous(a):
+    """a, or a C-contiguous copy of a (scratch) when a is a transposed view: packing the
+    left operand reads a row at a time, and a transposed weight-gradient operand (T*B
+    rows, one cache line per row per block) measured 2x slower than copying it first."""
+    if a.strides[1] == a.itemsize or a.size < 1 << 14 or not a.T.flags.c_contiguous:
+        return a
+    out = _scratch("a", a.shape, a.dtype)
+    nthreads = get_num_threads() if a.size * a.itemsize >= 1 << 20 else 1
+    _transpose_par(a.T, out, nthreads) if nthreads > 1 else _transpose_cols(a.T, out, 0, a.shape[0])
+    return out
+
+
+def _matmul(a, b, out=None, accumulate=False):
+    """out (M, N) (+)= a (M, K) @ b (K, N); a and b any layout (transposed views are read
+    in place)."""
+    if out is None:
+        out = np.empty((a.shape[0], b.shape[1]), dtype=a.dtype)
+    return _gemm_packed(_rows_contiguous(a), _pack(b, a.dtype), out, accumulate=accumulate)
+
+
+def _matmul_pair(a, b1, b2):
+    """(a @ b1, a @ b2) in one pass over a (K, N1), (K, N2): both weight gradients are
+    sums over the same pre-activation gradients."""
+    nr = _block_cols(a.dtype)
+    np1 = _panel_count(b1.shape[1], nr)
+    bp = _scratch("b", (np1 + _panel_count(b2.shape[1], nr), a.shape[1], nr), a.dtype)
+    _pack_into(b1, bp[:np1])
+    _pack_into(b2, bp[np1:])
+    out1 = np.empty((a.shape[0], b1.shape[1]), dtype=a.dtype)
+    out2 = np.empty((a.shape[0], b2.shape[1]), dtype=a.dtype)
+    _gemm_packed(_rows_contiguous(a), bp, out1, np1, out2)
+    return out1, out2
+
+
+# --- bias gradients: column sums over all T*B rows ---------------------------------------
+
+_PARTS = 4                # row chunks of a bias-gradient sum: fixed, so the result does not
                           # depend on the thread count
 _SERIAL_WORK = 1 << 23    # multiply-adds (~0.1 ms on one core) below which one thread does it
                           # all: waking the thread pool costs microseconds on an idle machine and
                           # milliseconds on a busy one, where a parallel region waits for a core
-
-
-@njit(**_JIT)
-def _gemm_rows(a, b, out, trans_b):
-    """out = a @ b.T (trans_b) or a @ b, one BLAS call on this thread."""
-    if trans_b:
-        np.dot(a, b.T, out)
-    else:
-        np.dot(a, b, out)
-
-
-def _gemm(a, b, trans_b=False):
-    """a @ op(b): ``matmul`` (row blocks on every thread), or one call on this thread for
-    small products."""
-    n = b.shape[0] if trans_b else b.shape[1]
-    if a.shape[0] * a.shape[1] * n >= _SERIAL_WORK:
-        return matmul(a, b, trans_b=trans_b)
-    out = np.empty((a.shape[0], n), dtype=a.dtype)
-    _pin_blas_to_one_thread()
-    _gemm_rows(a, b, out, trans_b)
-    return out
-
-
-@njit(**_JIT)
-def _tn_rows(g, a, out, r0, r1):
-    """out = g[r0:r1].T @ a[r0:r1] (BLAS on the transposed view: no transpose copy)."""
-    np.dot(g[r0:r1].T, a[r0:r1], out)
-
-
-@njit(parallel=True, **_JIT)
-def _tn_parts(g, a, partial, bounds):
-    for p in prange(partial.shape[0]):
-        _tn_rows(g, a, partial[p], bounds[p], bounds[p + 1])
 
 
 @njit(**_JIT)
@@ -239,26 +473,9 @@ def _chunks(n):
     return np.array([p * n // parts for p in range(parts + 1)], dtype=np.int64)
 
 
-def _grad_tn(g, a, out=None):
-    """g.T @ a for g (n, m), a (n, k): a weight gradient, summed over all n = T*B rows.
-
-    Large sums are cut into _PARTS row chunks, one BLAS call each (in parallel),
-    and the partial products added in order.
-    """
-    n, m = g.shape
-    out = np.empty((m, a.shape[1]), dtype=g.dtype) if out is None else out
-    _pin_blas_to_one_thread()
-    if n * m * a.shape[1] < _SERIAL_WORK:
-        _tn_rows(g, a, out, 0, n)
-        return out
-    bounds = _chunks(n)
-    partial = np.empty((bounds.shape[0] - 1,) + out.shape, dtype=g.dtype)
-    _tn_parts(g, a, partial, bounds)
-    return np.add.reduce(partial, axis=0, out=out)
-
-
 def _col_sums(g):
-    """Column sums of g (n, m) -> (m,): a bias gradient, chunked like _grad_tn."""
+    """Column sums of g (n, m) -> (m,): a bias gradient. Large sums are cut into _PARTS
+    row chunks (in parallel) and the partial sums added in order."""
     n, m = g.shape
     if n * m < _SERIAL_WORK:
         out = np.empty(m, dtype=g.dtype)
@@ -328,6 +545,252 @@ def _add_recurrent_grad(dh, dhr, mask, r0, lengths, t):
             else:
                 for k in range(dhr.shape[1]):
                     dh[b, k] += dhr[i, k] * mask[b, k]
+
+
+# --- time loops shared among threads by hidden units ----------------------------------
+#
+# Thread k of n owns the hidden units [u_k, u_k+1) of every gate, for all batch rows: it
+# keeps its slice of W_hh packed in panels for the micro-kernel (a fixed set of weights,
+# so they stay in its core's cache from step to step) and computes the recurrent product
+# and the gate math of its units only. A step needs the whole previous state, so the
+# threads meet at a barrier once per step: each publishes a step counter and waits for
+# the others' (spin-waiting: a step can take under a microsecond, far less than a wake-up
+# through the OS). Every value is computed by one thread in a fixed order, so the bits
+# do not depend on the thread count.
+#
+# The operand of the next product goes into micro-kernel row panels as it is made (the
+# state times the dropout mask forward; backward, the pre-activation gradients, copied
+# from their transposed store in runs of mr values), double-buffered: a thread writes
+# buffer (s+1) % 2 while slower threads may still read buffer s % 2, and no thread can
+# get two steps ahead of another.
+
+_FLAG_STRIDE = 16      # int64 slots between two threads' step counters (separate cache lines)
+_SPINS = 1000          # polls of a counter before each further poll first yields the core
+_GEMV_NV = 8           # vectors per row of the one-row block (8 accumulators cover the
+                       # multiply-add latency); used for batches of one or two rows
+_gemv_block = make_gemm_block(1, _GEMV_NV)
+_gemv_half = make_gemm_block(1, _GEMV_NV // 2)   # for thread slices under 8 vectors wide
+_MR8 = 8 if NV == 4 else 0     # an 8 x 3-vector block (24 accumulators, AVX-512 only): a batch
+                               # of 8k rows without the padding rows of MR = 6 (-8% at B=32)
+_gemm8_block = make_gemm_block(8, 3)
+
+
+@intrinsic
+def _load_acquire(typingctx, flags, i):
+    """flags[i] read with acquire ordering: later reads see what its writer wrote before it."""
+    if not (isinstance(flags, types.Array) and flags.dtype == types.int64):
+        return None
+
+    def codegen(context, builder, signature, args):
+        arr = context.make_array(signature.args[0])(context, builder, args[0])
+        return builder.load_atomic(builder.gep(arr.data, [args[1]]), "acquire", 8)
+
+    return types.int64(flags, types.intp), codegen
+
+
+@intrinsic
+def _store_release(typingctx, flags, i, value):
+    """flags[i] = value with release ordering: everything written before is visible first."""
+    if not (isinstance(flags, types.Array) and flags.dtype == types.int64):
+        return None
+
+    def codegen(context, builder, signature, args):
+        arr = context.make_array(signature.args[0])(context, builder, args[0])
+        builder.store_atomic(args[2], builder.gep(arr.data, [args[1]]), "release", 8)
+        return context.get_dummy_value()
+
+    return types.void(flags, types.intp, types.int64), codegen
+
+
+@intrinsic
+def _yield_core(typingctx):
+    """sched_yield(): let another runnable thread have this core (a busy machine). POSIX
+    only: elsewhere the barrier just keeps polling."""
+    def codegen(context, builder, signature, args):
+        if os.name == "posix":
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(32), []), "sched_yield")
+            builder.call(fn, [])
+        return context.get_dummy_value()
+
+    return types.void(), codegen
+
+
+@njit(inline="always")
+def _prefetch_range(a, lo, hi):
+    """Prefetch a[lo:hi] of a 1-D contiguous array for writing, one request per 64-byte line."""
+    if hi > lo:
+        prefetch_for_write(a, lo, hi - lo)
+
+
+@njit(inline="always")
+def _barrier(flags, k, count):
+    """Thread k has finished phase ``count`` (1, 2, ...); wait until every thread has."""
+    _store_release(flags, k * _FLAG_STRIDE, count)
+    for j in range(flags.shape[0] // _FLAG_STRIDE):
+        spins = 0
+        while _load_acquire(flags, j * _FLAG_STRIDE) < count:
+            spins += 1
+            if spins > _SPINS:
+                _yield_core()
+
+
+@njit(inline="always")
+def _panel_product(ap, wp, npan, out):
+    """out[blk*mr + i, p*nr + j] = sum_l ap[blk, l, i] * wp[p, l, j] for p < npan: the row
+    blocks ap (nblk, K, mr) times the weight panels wp (P, K, nr); mr is 1, 8 or MR."""
+    nblk, _, mr = ap.shape
+    nr = wp.shape[2]
+    lanes_ = _VECTOR_BYTES // wp.itemsize
+    for p in range(npan):
+        for blk in range(nblk):
+            c = out[blk * mr:(blk + 1) * mr, p * nr:(p + 1) * nr]
+            if mr == 1 and nr < _GEMV_NV * lanes_:
+                _gemv_half(ap[blk], wp[p], c, False)
+            elif mr == 1:
+                _gemv_block(ap[blk], wp[p], c, False)
+            elif mr == 8:
+                _gemm8_block(ap[blk], wp[p], c, False)
+            else:
+                gemm_block(ap[blk], wp[p], c, False)
+
+
+@njit(**_JIT)
+def _pack_gate_panels(w, gates, u0, u1, wp):
+    """Forward weights of units [u0, u1): wp (P, K, NR) panels of the (K, gates*nu) matrix
+    whose column q*nu + u is row q*H + u0 + u of w (G*H, K) (zero past the last column).
+    A gather with unsigned indices, as in _pack_panels."""
+    hidden = w.shape[0] // gates
+    nu = u1 - u0
+    npan, k, nr = wp.shape
+    rows = np.empty(nr, np.uint64)
+    z = wp.dtype.type(0)
+    for p in range(npan):
+        jn = 0
+        for j in range(nr):
+            c = p * nr + j
+            if c < gates * nu:
+                q = c // nu
+                rows[j] = q * hidden + u0 + c - q * nu
+                jn = j + 1
+        for l in range(np.uint64(k)):
+            dst = wp[p, l]
+            for j in range(np.uint64(jn)):
+                dst[j] = w[rows[j], l]
+            for j in range(jn, nr):
+                dst[j] = z
+
+
+@njit(inline="always")
+def _pack_state(h, mask, b, ap, u0, u1):
+    """Row panel entry of row b: ap[b // mr, u, b % mr] = h[u] (* mask[b, u]), u in [u0, u1)."""
+    mr = ap.shape[2]
+    blk = ap[b // mr]
+    i = np.uint64(b % mr)
+    o = np.uint64(u0)
+    if mask.shape[0] == 0:
+        for u in range(np.uint64(u1 - u0)):
+            blk[o + u, i] = h[o + u]
+    else:
+        m = mask[b]
+        for u in range(np.uint64(u1 - u0)):
+            blk[o + u, i] = h[o + u] * m[o + u]
+
+
+@njit(inline="always")
+def _add_row(d, r):
+    for j in range(d.shape[0]):
+        d[j] += r[j]
+
+
+@njit(inline="always")
+def _add_row_masked(d, r, m):
+    for j in range(d.shape[0]):
+        d[j] += r[j] * m[j]
+
+
+@njit(**_JIT)
+def _add_recurrent_units(dh, dhr, mask, lengths, t, u0, u1):
+    """dh[b, u] += dhr[b, u - u0] (* mask) for rows active at step t (an inactive row's
+    state passed through unchanged, so its gradient does too)."""
+    for b in range(dh.shape[0]):
+        if t < lengths[b]:
+            if mask.shape[0] == 0:
+                _add_row(dh[b, u0:u1], dhr[b, :u1 - u0])
+            else:
+                _add_row_masked(dh[b, u0:u1], dhr[b, :u1 - u0], mask[b, u0:u1])
+
+
+@njit(inline="always")
+def _pack_gate_row(d, b, ap, gates, hidden, u0, u1):
+    """Row panel entry of row b for the backward product: ap[b // mr, q*H + u, b % mr] =
+    d[q*H + u] for every gate q and unit u in [u0, u1)."""
+    mr = ap.shape[2]
+    blk = ap[b // mr]
+    i = np.uint64(b % mr)
+    for q in range(gates):
+        o = np.uint64(q * hidden + u0)
+        for j in range(np.uint64(u1 - u0)):
+            blk[o + j, i] = d[o + j]
+
+
+def _unit_bounds(hidden, nthreads):
+    return np.array([k * hidden // nthreads for k in range(nthreads + 1)], dtype=np.int64)
+
+
+_layer_checked = []
+
+
+def _barrier_threads():
+    """Threads a time loop may share through spin barriers: numba's thread count where a
+    parallel region's threads all run at once (the OpenMP and workqueue layers) with one
+    iteration each (the default chunk size: a larger one could queue two barrier parties on
+    one thread, which would then wait for itself forever), else 1."""
+    n = get_num_threads()
+    if n < 2 or get_parallel_chunksize() != 0:
+        return 1
+    if not _layer_checked:
+        _fill_par(np.empty(2))                  # starts the pool, so the layer is known
+        _layer_checked.append(threading_layer() in ("omp", "workqueue"))
+    return n if _layer_checked[0] else 1
+
+
+@njit(parallel=True, **_JIT)
+def _fill_par(a):
+    for i in prange(a.shape[0]):
+        a[i] = 0
+
+
+class _Plan:
+    """How a time loop runs: one thread per unit range (``units``), row blocks of height
+    mr (1 for one or two batch rows: matrix-vector products; else MR) against weight
+    panels nr wide, and the buffers the threads share: the row panels ap (2, nblk, K, mr)
+    (zero rows past the batch), the weight panels wp (threads, P, K, nr), each thread
+    packing its own, and the step counters."""
+
+    def __init__(self, batch, hidden, k, per_unit, work, dtype):
+        _block_cols(dtype)                                      # the cache check
+        itemsize = np.dtype(dtype).itemsize
+        n = min(_barrier_threads(), max(1, hidden // 8)) if work >= _PARALLEL_WORK else 1
+        self.units = _unit_bounds(hidden, n)
+        cols = per_unit * -(-hidden // n)                       # a thread's product columns
+        self.mr, nv = (1, _GEMV_NV) if batch < 3 else (MR, NV)
+        if batch < 3 and cols <= _GEMV_NV // 2 * lanes(itemsize):
+            nv = _GEMV_NV // 2                                  # no half-empty panel
+        if batch >= 3 and _MR8 and -(-batch // 8) * 8 <= -(-batch // MR) * MR:
+            self.mr, nv = 8, 3
+        self.nr = nv * lanes(itemsize)
+        npan = -(-cols // self.nr)
+        self.ap = _scratch("rows", (2, -(-batch // self.mr), k, self.mr), dtype, zero=True)
+        self.wp = _scratch("panels", (n, npan, k, self.nr), dtype)
+        self.flags = np.zeros(n * _FLAG_STRIDE, dtype=np.int64)
+
+    def run(self, serial_fn, parallel_fn, *args):
+        """serial_fn(*args, ap, wp, flags, k, u0, u1) on one thread, or parallel_fn with
+        the unit bounds in place of (k, u0, u1), one range per thread."""
+        if self.units.shape[0] == 2:
+            serial_fn(*args, self.ap, self.wp, self.flags, 0, 0, self.units[1])
+        else:
+            parallel_fn(*args, self.ap, self.wp, self.flags, self.units)
 
 
 # --- vanilla RNN ----------------------------------------------------------------------
@@ -403,94 +866,244 @@ def _rnn_bwd(dy, dh, hs, w_hh_t, dg, lengths, relu, reverse, bounds):
 
 
 # --- LSTM -------------------------------------------------------------------------------
+#
+# The gate math of a step runs over all rows in one call per phase, on 1-D contiguous
+# views made inside the function and indexed from 0: loops over an offset range of a
+# larger array stayed scalar (LLVM cannot rule out negative-index wrap-around), and one
+# call per row and gate cost more than the math at B=32.
 
 @njit(**_JIT)
-def _lstm_fwd_rows(xw, w_hh, bias, hs, cs, gates, y, lengths, mask, reverse, r0, r1):
-    """xw (T, B, 4H) = x W_ih^T; may be gates itself (each element is read before it is replaced)."""
-    steps, _, g4 = xw.shape
+def _lstm_cells(g, gh, bias, c_in, c, h, y, hidden, u0, u1):
+    """One step of units [u0, u1), every row: g (B, 4H) holds x W_ih^T on entry, the gate
+    activations i, f, g, o on return; gh (>=B, >=4nu) the recurrent products of these
+    units (gate q at columns [q*nu, (q+1)*nu)); c_in, c, h, y (B, H).
+    c = f c_in + i g;  h = y = o tanh(c)."""
+    nu = u1 - u0
+    h2, h3 = 2 * hidden, 3 * hidden
+    for b in range(g.shape[0]):
+        gb = g[b]
+        rb = gh[b]
+        _sigmoid_sum(gb[u0:u1], rb[:nu], bias[u0:u1])                                   # i
+        _sigmoid_sum(gb[hidden + u0:hidden + u1], rb[nu:2 * nu], bias[hidden + u0:hidden + u1])  # f
+        _tanh_sum(gb[h2 + u0:h2 + u1], rb[2 * nu:3 * nu], bias[h2 + u0:h2 + u1])          # g
+        _sigmoid_sum(gb[h3 + u0:h3 + u1], rb[3 * nu:4 * nu], bias[h3 + u0:h3 + u1])       # o
+        _lstm_state(g[b, u0:u1], g[b, hidden + u0:hidden + u1], g[b, 2 * hidden + u0:2 * hidden + u1],
+                    g[b, 3 * hidden + u0:3 * hidden + u1], c_in[b, u0:u1], c[b, u0:u1], h[b, u0:u1],
+                    y[b, u0:u1])
+
+
+@njit(inline="always")
+def _sigmoid_sum(g, r, bias):
+    """g = sigmoid(g + r + bias) in place (g holds x W_ih^T: one pass per gate)."""
+    for j in range(g.shape[0]):
+        g[j] = sigmoid(g[j] + r[j] + bias[j])
+
+
+@njit(inline="always")
+def _tanh_sum(g, r, bias):
+    """g = tanh(g + r + bias) in place."""
+    for j in range(g.shape[0]):
+        g[j] = tanh(g[j] + r[j] + bias[j])
+
+
+@njit(inline="always")
+def _lstm_state(i, f, gg, o, c_in, c, h, y):
+    for j in range(c.shape[0]):
+        c[j] = f[j] * c_in[j] + i[j] * gg[j]
+        h[j] = c[j]
+    _tanh_(h)
+    for j in range(c.shape[0]):
+        h[j] *= o[j]
+        y[j] = h[j]
+
+
+@njit(**_JIT)
+def _carry_rows(hs, cs, y, lengths, t, tin, tout, u0, u1):
+    """Rows inactive at step t (t >= length): the states pass through, the output is zero
+    (the gate math ran for them too; its results are discarded)."""
+    for b in range(hs.shape[1]):
+        if t >= lengths[b]:
+            _copy(hs[tout, b, u0:u1], hs[tin, b, u0:u1])
+            if cs.shape[0] > 0:
+                _copy(cs[tout, b, u0:u1], cs[tin, b, u0:u1])
+            _fill(y[t, b, u0:u1], 0)
+
+
+@njit(**_JIT)
+def _pack_states(h, mask, ap, u0, u1):
+    """Row panels of the next product: ap[b // mr, u, b % mr] = h[b, u] (* mask[b, u])."""
+    for b in range(h.shape[0]):
+        _pack_state(h[b], mask, b, ap, u0, u1)
+
+
+@njit(**_JIT)
+def _prefetch_rows(g, y, c, h, gates, hidden, u0, u1):
+    """Prefetch what a step's gate math of units [u0, u1) reads and writes, so it arrives
+    during the recurrent product: the gate rows (written by the input projection, often
+    on the other core) and the output rows (c may be empty: GRU)."""
+    for b in range(g.shape[0]):
+        gb = g[b]
+        for q in range(gates):
+            _prefetch_range(gb, q * hidden + u0, q * hidden + u1)
+        _prefetch_range(y[b], u0, u1)
+        _prefetch_range(h[b], u0, u1)
+        if c.shape[0] > 0:
+            _prefetch_range(c[b], u0, u1)
+
+
+@njit(**_JIT)
+def _lstm_fwd_units(w_hh, bias, hs, cs, gates, y, lengths, mask, reverse, ap, wp, flags, k, u0, u1):
+    """Thread k's share of the forward: units [u0, u1) of every gate, all rows.
+    gates (T, B, 4H) holds x W_ih^T on entry, the gate activations on return."""
+    steps, batch, g4 = gates.shape
     hidden = g4 // 4
-    gh = np.empty((r1 - r0, g4), xw.dtype)
-    hrec = np.empty((r1 - r0, hidden), xw.dtype)
+    mr = ap.shape[3]
+    nr = wp.shape[3]
+    npan = -(-4 * (u1 - u0) // nr)
+    wk = wp[k, :npan]
+    _pack_gate_panels(w_hh, 4, u0, u1, wk)
+    gh = np.empty((ap.shape[1] * mr, npan * nr), gates.dtype)
+    _pack_states(hs[steps if reverse else 0], mask, ap[0], u0, u1)
+    _barrier(flags, k, 1)
     for s in range(steps):
         t, tin, tout = _forward_slots(s, steps, reverse)
-        _gemm_nt(_masked(hs[tin, r0:r1], mask, r0, hrec), w_hh, gh)
-        for i in range(r1 - r0):
-            b = r0 + i
-            if t < lengths[b]:
-                g = gates[t, b]
-                xr = xw[t, b]
-                ghr = gh[i]
-                for j in range(g4):
-                    g[j] = xr[j] + ghr[j] + bias[j]
-                _sigmoid_(g[0:2 * hidden])         # i, f
-                _tanh_(g[2 * hidden:3 * hidden])   # g
-                _sigmoid_(g[3 * hidden:])          # o
-                c_in = cs[tin, b]
-                c = cs[tout, b]
-                h = hs[tout, b]
-                for j in range(hidden):
-                    c[j] = g[hidden + j] * c_in[j] + g[j] * g[2 * hidden + j]
-                    h[j] = c[j]
-                _tanh_(h)
-                for j in range(hidden):
-                    h[j] *= g[3 * hidden + j]
-                _copy(y[t, b], h)
-            else:
-                _carry(hs, tin, tout, b, y, t)
-                _copy(cs[tout, b], cs[tin, b])
+        _prefetch_rows(gates[t], y[t], cs[tout], hs[tout], 4, hidden, u0, u1)
+        _panel_product(ap[s % 2], wk, npan, gh)
+        _lstm_cells(gates[t], gh, bias, cs[tin], cs[tout], hs[tout], y[t], hidden, u0, u1)
+        _carry_rows(hs, cs, y, lengths, t, tin, tout, u0, u1)
+        _pack_states(hs[tout], mask, ap[(s + 1) % 2], u0, u1)
+        _barrier(flags, k, s + 2)
 
 
 @njit(parallel=True, **_JIT)
-def _lstm_fwd(xw, w_hh, bias, hs, cs, gates, y, lengths, mask, reverse, bounds):
-    """_lstm_fwd_rows on the row blocks [bounds[k], bounds[k+1]), one per thread."""
-    for blk in prange(bounds.shape[0] - 1):
-        _lstm_fwd_rows(xw, w_hh, bias, hs, cs, gates, y, lengths, mask, reverse, bounds[blk], bounds[blk + 1])
+def _lstm_fwd(w_hh, bias, hs, cs, gates, y, lengths, mask, reverse, ap, wp, flags, units):
+    """_lstm_fwd_units of the unit ranges [units[k], units[k+1]), one per thread."""
+    for k in prange(units.shape[0] - 1):
+        _lstm_fwd_units(w_hh, bias, hs, cs, gates, y, lengths, mask, reverse, ap, wp, flags,
+                        k, units[k], units[k + 1])
+
+
+@njit(inline="always")
+def _lstm_grad(di, df, dgg, do, i, f, gg, o, dy, c_in, c, dh, dc, tc):
+    """Pre-activation gradients of one row's units; dh, dc become the gradients w.r.t.
+    the step's input states (dh: its direct part, zero; the recurrent part comes later).
+    tc: scratch for tanh(c)."""
+    one = di.dtype.type(1)
+    _copy(tc, c)
+    _tanh_(tc)
+    for j in range(di.shape[0]):
+        dhj = dh[j] + dy[j]
+        dct = dc[j] + dhj * o[j] * (one - tc[j] * tc[j])
+        di[j] = dct * gg[j] * i[j] * (one - i[j])
+        df[j] = dct * c_in[j] * f[j] * (one - f[j])
+        dgg[j] = dct * i[j] * (one - gg[j] * gg[j])
+        do[j] = dhj * tc[j] * o[j] * (one - o[j])
+        dc[j] = dct * f[j]
+        dh[j] = 0
 
 
 @njit(**_JIT)
-def _lstm_bwd_rows(dy, dh, dc, cs, gates, w_hh_t, dg, lengths, mask, reverse, r0, r1):
-    """dh, dc (B, H): in dL/dh_n, dL/dc_n; out dL/dh0, dL/dc0. dg (T, B, 4H)."""
-    steps, _, hidden = dy.shape
-    zero = dy.dtype.type(0)
-    one = dy.dtype.type(1)
-    dhr = np.empty((r1 - r0, hidden), dy.dtype)
-    tc = np.empty(hidden, dy.dtype)
+def _lstm_grads(d, g, dy, c_in, c, dh, dc, dbias, lengths, t, tc, hidden, u0, u1):
+    """One backward step of units [u0, u1), every row: d (B, 4H) = dL/d(pre-activations)
+    (zero for rows inactive at t), also summed into the bias gradient dbias (4H,) (steps
+    in backward order, rows in order)."""
+    h1, h2, h3 = hidden, 2 * hidden, 3 * hidden
+    for b in range(d.shape[0]):
+        drow = d[b]
+        if t < lengths[b]:
+            gb = g[b]
+            _lstm_grad(drow[u0:u1], drow[h1 + u0:h1 + u1], drow[h2 + u0:h2 + u1], drow[h3 + u0:h3 + u1],
+                       gb[u0:u1], gb[h1 + u0:h1 + u1], gb[h2 + u0:h2 + u1], gb[h3 + u0:h3 + u1],
+                       dy[b, u0:u1], c_in[b, u0:u1], c[b, u0:u1], dh[b, u0:u1], dc[b, u0:u1], tc)
+            for q in range(4):
+                _add_row(dbias[q * hidden + u0:q * hidden + u1], drow[q * hidden + u0:q * hidden + u1])
+        else:
+            for q in range(4):
+                _fill(drow[q * hidden + u0:q * hidden + u1], 0)
+
+
+@njit(**_JIT)
+def _prefetch_cols(dgt, c0, n, gates, hidden, u0, u1):
+    """Prefetch dgt[q*H + u, c0:c0 + n] for the units [u0, u1) of every gate (what
+    _store_cols writes next)."""
+    for q in range(gates):
+        for j in range(q * hidden + u0, q * hidden + u1):
+            _prefetch_range(dgt[j], c0, c0 + n)
+
+
+@njit(**_JIT)
+def _store_cols(d, dgt, c0, gates, hidden, u0, u1):
+    """dgt[q*H + u, c0 + b] = d[b, q*H + u] for the units [u0, u1) of every gate: a step's
+    gradients into the transposed layout the weight-gradient products read row by row.
+    In tiles of _TILE columns, so the rows of d and dgt involved stay in L1."""
+    batch = d.shape[0]
+    base = np.uint64(c0)
+    for q in range(gates):
+        for j0 in range(q * hidden + u0, q * hidden + u1, _TILE):
+            j1 = min(q * hidden + u1, j0 + _TILE)
+            for b in range(batch):
+                src = d[b]
+                ub = base + np.uint64(b)
+                for j in range(np.uint64(j0), np.uint64(j1)):
+                    dgt[j, ub] = src[j]
+
+
+@njit(**_JIT)
+def _pack_from_cols(dgt, c0, batch, ap, gates, hidden, u0, u1):
+    """Row panels of the backward product from a step's transposed gradients:
+    ap[b // mr, j, b % mr] = dgt[j, c0 + b] for the gate columns j of units [u0, u1)
+    (runs of mr contiguous values; rows past the batch stay zero)."""
+    nblk, _, mr = ap.shape
+    for q in range(gates):
+        for j in range(q * hidden + u0, q * hidden + u1):
+            src = dgt[j]
+            uj = np.uint64(j)
+            for blk in range(nblk):
+                base = np.uint64(c0 + blk * mr)
+                for i in range(np.uint64(min(mr, batch - blk * mr))):
+                    ap[blk, uj, i] = src[base + i]
+
+
+@njit(**_JIT)
+def _lstm_bwd_units(dy, dh, dc, cs, gates, w_hh, dgt, dbias, lengths, mask, reverse, ap, wp, flags, k, u0, u1):
+    """Thread k's share of the backward: units [u0, u1). dh, dc (B, H): in dL/dh_n,
+    dL/dc_n; out dL/dh0, dL/dc0. dgt (4H, T*B): dL/d(pre-activations), column t*B + b
+    for row b at step t; dbias (4H,), zero on entry: their sum over steps and rows."""
+    steps, batch, hidden = dy.shape
+    mr = ap.shape[3]
+    nr = wp.shape[3]
+    nu = u1 - u0
+    npan = -(-nu // nr)
+    wk = wp[k, :npan]
+    _pack_panels(w_hh[:, u0:u1], wk, 0, npan)
+    dhr = np.empty((ap.shape[1] * mr, npan * nr), dy.dtype)
+    tc = np.empty(nu, dy.dtype)
+    d = np.empty((batch, 4 * hidden), dy.dtype)      # this step's gradients (own units only)
     for s in range(steps):
         t, tin, tout = _backward_slots(s, steps, reverse)
-        for b in range(r0, r1):
-            d = dg[t, b]
-            if t < lengths[b]:
-                g = gates[t, b]
-                c_in = cs[tin, b]
-                _copy(tc, cs[tout, b])
-                _tanh_(tc)
-                dhb = dh[b]
-                dcb = dc[b]
-                dyr = dy[t, b]
-                for j in range(hidden):
-                    ig = g[j]
-                    fg = g[hidden + j]
-                    gg = g[2 * hidden + j]
-                    og = g[3 * hidden + j]
-                    dhj = dhb[j] + dyr[j]
-                    dct = dcb[j] + dhj * og * (one - tc[j] * tc[j])
-                    d[j] = dct * gg * ig * (one - ig)
-                    d[hidden + j] = dct * c_in[j] * fg * (one - fg)
-                    d[2 * hidden + j] = dct * ig * (one - gg * gg)
-                    d[3 * hidden + j] = dhj * tc[j] * og * (one - og)
-                    dcb[j] = dct * fg
-                    dhb[j] = zero
-            else:
-                _fill(d, zero)
-        _gemm_nt(dg[t, r0:r1], w_hh_t, dhr)
-        _add_recurrent_grad(dh, dhr, mask, r0, lengths, t)
+        _lstm_grads(d, gates[t], dy[t], cs[tin], cs[tout], dh, dc, dbias, lengths, t, tc, hidden, u0, u1)
+        _store_cols(d, dgt, t * batch, 4, hidden, u0, u1)
+        if mr == 1:                  # one value per row of dgt: scatter the rows of d instead
+            for b in range(batch):
+                _pack_gate_row(d[b], b, ap[s % 2], 4, hidden, u0, u1)
+        else:
+            _pack_from_cols(dgt, t * batch, batch, ap[s % 2], 4, hidden, u0, u1)
+        _barrier(flags, k, s + 1)
+        if s + 1 < steps:            # the next step's operands arrive during the product
+            tn, tnin, tnout = _backward_slots(s + 1, steps, reverse)
+            _prefetch_rows(gates[tn], dy[tn], cs[tnin], cs[tnout], 4, hidden, u0, u1)
+            if batch * dgt.itemsize >= 64:    # a cache line or more per row of dgt and step
+                _prefetch_cols(dgt, tn * batch, batch, 4, hidden, u0, u1)
+        _panel_product(ap[s % 2], wk, npan, dhr)
+        _add_recurrent_units(dh, dhr, mask, lengths, t, u0, u1)
 
 
 @njit(parallel=True, **_JIT)
-def _lstm_bwd(dy, dh, dc, cs, gates, w_hh_t, dg, lengths, mask, reverse, bounds):
-    """_lstm_bwd_rows on the row blocks [bounds[k], bounds[k+1]), one per thread."""
-    for blk in prange(bounds.shape[0] - 1):
-        _lstm_bwd_rows(dy, dh, dc, cs, gates, w_hh_t, dg, lengths, mask, reverse, bounds[blk], bounds[blk + 1])
+def _lstm_bwd(dy, dh, dc, cs, gates, w_hh, dgt, dbias, lengths, mask, reverse, ap, wp, flags, units):
+    """_lstm_bwd_units of the unit ranges [units[k], units[k+1]), one per thread."""
+    for k in prange(units.shape[0] - 1):
+        _lstm_bwd_units(dy, dh, dc, cs, gates, w_hh, dgt, dbias, lengths, mask, reverse, ap, wp, flags,
+                        k, units[k], units[k + 1])
 
 
 # --- GRU ---------------------------------------------------------------------------------
@@ -697,7 +1310,7 @@ def _mask_arg(mask, hidden, dtype):
 def _input_projection(x, w_ih):
     """xw (T, B, G*H) = x @ w_ih.T for all steps in one GEMM."""
     steps, batch, inputs = x.shape
-    return _gemm(x.reshape(steps * batch, inputs), w_ih, trans_b=True).reshape(steps, batch, -1)
+    return _matmul(x.reshape(steps * batch, inputs), w_ih.T).reshape(steps, batch, -1)
 
 
 def _states(steps, batch, hidden, h0, reverse, dtype):
@@ -724,10 +1337,18 @@ def _weight_grads(dg, x, w_ih, hrec, need_dx):
     """dx, dW_ih, dW_hh, db from the stacked pre-activation gradients dg (T, B, G)."""
     steps, batch, g = dg.shape
     dg2 = dg.reshape(steps * batch, g)
-    dx = _gemm(dg2, w_ih).reshape(x.shape) if need_dx else None
-    dw_ih = _grad_tn(dg2, x.reshape(steps * batch, x.shape[2]))
-    dw_hh = _grad_tn(dg2, hrec)
+    dx = _matmul(dg2, w_ih).reshape(x.shape) if need_dx else None
+    dw_ih, dw_hh = _matmul_pair(dg2.T, x.reshape(steps * batch, x.shape[2]), hrec)
     return dx, dw_ih, dw_hh, _col_sums(dg2)
+
+
+def _weight_grads_t(dgt, x, w_ih, hrec, need_dx):
+    """dx (None unless need_dx), dW_ih, dW_hh from the pre-activation gradients in the
+    transposed layout dgt (G, T*B)."""
+    steps, batch, inputs = x.shape
+    dx = _matmul(dgt.T, w_ih).reshape(x.shape) if need_dx else None
+    dw_ih, dw_hh = _matmul_pair(dgt, x.reshape(steps * batch, inputs), hrec)
+    return dx, dw_ih, dw_hh
 
 
 def rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity="tanh", reverse=False, lengths=None):
@@ -784,8 +1405,9 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse=False, lengths=None,
     cs = _states(steps, batch, hidden, c0, reverse, dtype)
     y = np.empty((steps, batch, hidden), dtype=dtype)
     bias = _bias_sum(b_ih, b_hh, 4 * hidden, dtype)[0]
-    _time_loop(_lstm_fwd_rows, _lstm_fwd, _row_bounds(batch, gates.size * hidden),
-               gates, w_hh, bias, hs, cs, gates, y, lengths, _mask_arg(mask, hidden, dtype), bool(reverse))
+    plan = _Plan(batch, hidden, hidden, 4, gates.size * hidden, dtype)
+    plan.run(_lstm_fwd_units, _lstm_fwd, w_hh, bias, hs, cs, gates, y, lengths,
+             _mask_arg(mask, hidden, dtype), bool(reverse))
     return y, _final(hs, reverse), _final(cs, reverse), hs, cs, gates
 
 
@@ -804,11 +1426,12 @@ def lstm_backward(dy, dh_n, dc_n, x, w_ih, w_hh, hs, cs, gates, reverse=False, l
                    {"hs": state, "cs": state, "gates": (steps, batch, 4 * hidden)})
     lengths = check_lengths(op, lengths, batch, steps)
     dh, dc = dh_n.copy(), dc_n.copy()
-    dg = np.empty((steps, batch, 4 * hidden), dtype=dtype)
-    _time_loop(_lstm_bwd_rows, _lstm_bwd, _row_bounds(batch, dg.size * hidden),
-               dy, dh, dc, cs, gates, np.ascontiguousarray(w_hh.T), dg, lengths, _mask_arg(mask, hidden, dtype),
-               bool(reverse))
-    dx, dw_ih, dw_hh, db = _weight_grads(dg, x, w_ih, _recurrent_inputs(hs, reverse, mask), need_dx)
+    dgt = _scratch("dgt", (4 * hidden, steps * batch), dtype)
+    plan = _Plan(batch, hidden, 4 * hidden, 1, dgt.size * hidden, dtype)
+    db = np.zeros(4 * hidden, dtype=dtype)
+    plan.run(_lstm_bwd_units, _lstm_bwd, dy, dh, dc, cs, gates, w_hh, dgt, db, lengths,
+             _mask_arg(mask, hidden, dtype), bool(reverse))
+    dx, dw_ih, dw_hh = _weight_grads_t(dgt, x, w_ih, _recurrent_inputs(hs, reverse, mask), need_dx)
     return dx, dh, dc, dw_ih, dw_hh, db, db.copy()
 
 
@@ -860,7 +1483,7 @@ def gru_backward(dy, dh_n, x, w_ih, w_hh, hs, gates, aux, reset_after=True, reve
     # the n block meets another recurrent operand: h (reset_after) or r * h, and its own bias
     dgn_h2 = dgn_h.reshape(steps * batch, hidden)
     n_operand = hrec if reset_after else aux.reshape(steps * batch, hidden)
-    _grad_tn(dgn_h2, n_operand, out=dw_hh[h2:])
+    _matmul(dgn_h2.T, n_operand, out=dw_hh[h2:])
     db_hh = db_ih.copy()
     db_hh[h2:] = _col_sums(dgn_h2)
     return dx, dh, dw_ih, dw_hh, db_ih, db_hh
