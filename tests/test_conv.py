@@ -285,7 +285,7 @@ def test_cpu_implicit_gemm_paths(dtype, tuning, monkeypatch, rng):
         monkeypatch.setattr(K, "_ACC_BYTES", 1 << 30)
     monkeypatch.setattr(K, "_INPLACE_BYTES", 1 << 30 if tuning == "in_place" else 0)
     tol = dict(rtol=2e-4, atol=2e-4) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-10)
-    for xs, ws, kw in [((3, 5, 9, 11), (32, 5, 3, 3), dict(padding=1)),
+    for xs, ws, kw in [((5, 5, 9, 11), (32, 5, 3, 3), dict(padding=1)),
                        ((2, 4, 13, 10), (26, 2, 3, 2), dict(stride=2, padding=(1, 0, 2, 1), dilation=(2, 1),
                                                             groups=2)),
                        ((2, 3, 15, 15), (10, 3, 5, 5), dict(stride=(2, 3), padding="same")),

@@ -93,7 +93,9 @@ def _compare(threads=2, repeats=7, cpu_time=False):
     """Print nbdl (algo="auto") against PyTorch on SHAPES, float32, in one process.
 
     Medians of ``repeats`` calls, each side measured twice (the better median kept) so a
-    burst of load on a shared machine hurts both alike. ``cpu_time`` times with the process
+    burst of load on a shared machine hurts both alike; every shape runs once on both sides
+    first (PyTorch was seen to run its first shapes up to 6x slower), and each side starts
+    after a pause in which the other's worker threads stop spinning. ``cpu_time`` times with the process
     CPU clock instead of the wall clock: with threads=1 it ignores time spent descheduled.
     """
     import time
@@ -107,6 +109,7 @@ def _compare(threads=2, repeats=7, cpu_time=False):
     clock = time.process_time if cpu_time else time.perf_counter
 
     def median(f):
+        time.sleep(0.2)         # the other library's worker threads stop spinning first
         f()
         times = []
         for _ in range(repeats):
@@ -121,6 +124,7 @@ def _compare(threads=2, repeats=7, cpu_time=False):
           f"{'CPU' if cpu_time else 'wall'} clock, median of {repeats}")
     print(f"{'shape (N,C,H,W,K,R,S,pad,stride)':34} {'auto':7} {'fwd ms nbdl / torch':>21} {'ratio':>6} "
           f"{'GFLOP/s nbdl/torch':>19} {'fwd+bwd ms nbdl / torch':>25} {'ratio':>6}")
+    runs_by_shape = {}
     for shape in SHAPES:
         n, c, h, w, k, r, s, pad, stride = shape
         arrays = randn((n, c, h, w)), randn((k, c, r, s), seed=1) * np.float32(0.1), randn((k,), seed=2)
@@ -130,13 +134,19 @@ def _compare(threads=2, repeats=7, cpu_time=False):
             x, wt, b = (fw.tensor(v, requires_grad=True) for v in arrays)
             g = fw.tensor(np.ones(grad_shape, np.float32))
 
-            def fwd(F=F, fw=fw, x=x, wt=wt, b=b):
+            def fwd(F=F, fw=fw, x=x, wt=wt, b=b, stride=stride, pad=pad):
                 with fw.no_grad():
                     F.conv2d(x, wt, b, stride=stride, padding=pad)
 
-            def fwd_bwd(F=F, x=x, wt=wt, b=b, g=g):
+            def fwd_bwd(F=F, x=x, wt=wt, b=b, g=g, stride=stride, pad=pad):
                 F.conv2d(x, wt, b, stride=stride, padding=pad).backward(g)
             runs[name] = [fwd, fwd_bwd]
+        runs_by_shape[shape] = runs
+    for runs in runs_by_shape.values():     # warm-up: PyTorch runs its first shapes slowly
+        for f in runs["torch"] + runs["nbdl"]:
+            f()
+    for shape, runs in runs_by_shape.items():
+        n, c, h, w, k, r, s, pad, stride = shape
         t = {key: median(f) for key, f in (("nf", runs["nbdl"][0]), ("tf", runs["torch"][0]),
                                            ("nb", runs["nbdl"][1]), ("tb", runs["torch"][1]))}
         t2 = {key: median(f) for key, f in (("nf", runs["nbdl"][0]), ("tf", runs["torch"][0]),

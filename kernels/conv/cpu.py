@@ -207,37 +207,44 @@ def _to_phase_planes(x, xph, sh, sw, Hph, Wph, pt, pl, zero):
     """xph[n, c, a, b, i, j] = xpad[n, c, i*sh + a, j*sw + b] with xpad = x zero-padded by (pt, pl)
     (zero past the image), xph flat. Splitting each plane into its sh*sw stride phases makes
     every tap of a strided convolution read consecutive pixels of one phase plane."""
-    N, C, H, W = x.shape
+    N, C = x.shape[0], x.shape[1]
     img = C * sh * sw * Hph * Wph
     for nc in prange(N * C):
         n = nc // C
         c = nc - n * C
-        for a in range(sh):
-            for b in range(sw):
-                base = n * img + ((c * sh + a) * sw + b) * Hph * Wph
-                for i in range(Hph):
-                    ih = i * sh + a - pt
-                    row = xph[base + i * Wph:base + (i + 1) * Wph]
-                    if ih < 0 or ih >= H:
-                        for j in range(Wph):
-                            row[j] = zero
-                        continue
-                    xr = x[n, c, ih]
-                    # columns j with 0 <= j*sw + b - pl < W: [ja, jb); branch-free runs vectorize
-                    ja = min(Wph, max(0, -((b - pl) // sw)))
-                    jb = max(ja, min(Wph, (W - 1 - (b - pl)) // sw + 1)) if W - 1 - (b - pl) >= 0 else ja
-                    for j in range(ja):
+        _channel_phase_planes(x, n, c, xph, n * img + c * sh * sw * Hph * Wph, sh, sw, Hph, Wph, pt, pl, zero)
+
+
+@njit(inline="always", **_JIT)
+def _channel_phase_planes(x, n, c, xph, base, sh, sw, Hph, Wph, pt, pl, zero):
+    """The sh*sw phase planes of channel c of image n, written from xph[base] on."""
+    H, W = x.shape[2], x.shape[3]
+    for a in range(sh):
+        for b in range(sw):
+            pbase = base + (a * sw + b) * Hph * Wph
+            for i in range(Hph):
+                ih = i * sh + a - pt
+                row = xph[pbase + i * Wph:pbase + (i + 1) * Wph]
+                if ih < 0 or ih >= H:
+                    for j in range(Wph):
                         row[j] = zero
-                    if sw == 1:
-                        src = xr[ja + b - pl:]
-                        dst = row[ja:jb]
-                        for j in range(jb - ja):
-                            dst[j] = src[j]
-                    else:
-                        for j in range(ja, jb):
-                            row[j] = xr[j * sw + b - pl]
-                    for j in range(jb, Wph):
-                        row[j] = zero
+                    continue
+                xr = x[n, c, ih]
+                # columns j with 0 <= j*sw + b - pl < W: [ja, jb); branch-free runs vectorize
+                ja = min(Wph, max(0, -((b - pl) // sw)))
+                jb = max(ja, min(Wph, (W - 1 - (b - pl)) // sw + 1)) if W - 1 - (b - pl) >= 0 else ja
+                for j in range(ja):
+                    row[j] = zero
+                if sw == 1:
+                    src = xr[ja + b - pl:]
+                    dst = row[ja:jb]
+                    for j in range(jb - ja):
+                        dst[j] = src[j]
+                else:
+                    for j in range(ja, jb):
+                        row[j] = xr[j * sw + b - pl]
+                for j in range(jb, Wph):
+                    row[j] = zero
 
 
 @njit(parallel=True, **_JIT)
@@ -313,46 +320,52 @@ def _implicit_forward(xph, img, wp, boff, bias, has_bias, y, Wph, TG, stream, pa
 
 
 @njit(parallel=True, **_JIT)
-def _implicit_forward_inplace(xph, img, wp, boff, bias, has_bias, y, Wph, NR, nw, zero):
-    """_implicit_forward for small images: no packing. The GEMM's columns are each image's
-    "virtual" pixels j = p*Wph + q, q < Wph, so tap l of a tile of NR of them is the
-    contiguous xph[n*img + boff[g, l] + j0:][:NR], read in place (the image's phase planes
-    stay in L1); the columns with q >= Q are computed and dropped. Tasks: (image, group, tile)."""
-    N, K, P, Q = y.shape
+def _implicit_forward_inplace(x, xlen, wp, boff, bias, has_bias, y, sh, sw, Hph, Wph, pt, pl, NR, nw, zero):
+    """_implicit_forward for small images: no packing. A task is one image: its phase planes
+    (see _to_phase_planes) go into the worker's buffer of xlen elements (it stays in L1),
+    and the GEMM's columns are the image's "virtual" pixels j = p*Wph + q, q < Wph, so tap
+    l of a tile of NR of them is the contiguous buffer[boff[g, l] + j0:][:NR], read in
+    place; the columns with q >= Q are computed and dropped."""
+    N, C = x.shape[0], x.shape[1]
+    K, P, Q = y.shape[1], y.shape[2], y.shape[3]
     G, KB, L, MR = wp.shape
     Kg = K // G
     PQ = P * Q
     yf = y.reshape(-1)
     PV = P * Wph
-    tpi = (PV + NR - 1) // NR                        # tiles per image
-    ntasks = N * G * tpi
+    plane = sh * sw * Hph * Wph
     for wkr in prange(nw):
+        xi = np.empty(xlen, dtype=x.dtype)
+        for e in range(C * plane, xlen):              # slack read by the last tiles
+            xi[e] = zero
         cs = np.empty((KB, MR, NR), dtype=y.dtype)
         cf = cs.reshape(-1)
         segs = np.empty((NR, 3), dtype=np.int64)      # (column, p*Q + q, length) of real outputs
-        for t in range(wkr, ntasks, nw):
-            ng, tile = divmod(t, tpi)
-            n, g = divmod(ng, G)
-            j0 = tile * NR
-            for kb in range(KB):
-                _block_rows(wp[g, kb], xph, boff[g], n * img + j0, cs[kb], Kg - kb * MR)
-            nseg = 0
-            j = j0
-            while j < min(j0 + NR, PV):                  # the row segments q < Q
-                p, q = divmod(j, Wph)
-                e = min(Wph - q, j0 + NR - j)
-                if q < Q:
-                    segs[nseg, 0], segs[nseg, 1], segs[nseg, 2] = j - j0, p * Q + q, min(e, Q - q)
-                    nseg += 1
-                j += e
-            for kb in range(KB):
-                k0 = g * Kg + kb * MR
-                for i in range(min(MR, Kg - kb * MR)):
-                    b = bias[k0 + i] if has_bias else zero
-                    crow = (kb * MR + i) * NR
-                    ybase = (n * K + k0 + i) * PQ
-                    for v in range(nseg):
-                        add_scalar_store(cf, crow + segs[v, 0], b, yf, ybase + segs[v, 1], segs[v, 2], False)
+        for n in range(wkr, N, nw):
+            for c in range(C):
+                _channel_phase_planes(x, n, c, xi, c * plane, sh, sw, Hph, Wph, pt, pl, zero)
+            for j0 in range(0, PV, NR):
+                nseg = 0
+                j = j0
+                while j < min(j0 + NR, PV):              # the row segments q < Q
+                    p, q = divmod(j, Wph)
+                    e = min(Wph - q, j0 + NR - j)
+                    if q < Q:
+                        segs[nseg, 0], segs[nseg, 1], segs[nseg, 2] = j - j0, p * Q + q, min(e, Q - q)
+                        nseg += 1
+                    j += e
+                for g in range(G):
+                    for kb in range(KB):
+                        _block_rows(wp[g, kb], xi, boff[g], j0, cs[kb], Kg - kb * MR)
+                    for kb in range(KB):
+                        k0 = g * Kg + kb * MR
+                        for i in range(min(MR, Kg - kb * MR)):
+                            b = bias[k0 + i] if has_bias else zero
+                            crow = (kb * MR + i) * NR
+                            ybase = (n * K + k0 + i) * PQ
+                            for v in range(nseg):
+                                add_scalar_store(cf, crow + segs[v, 0], b, yf, ybase + segs[v, 1], segs[v, 2],
+                                                 False)
 
 
 @njit(inline="always", **_JIT)
@@ -880,17 +893,16 @@ def _implicit(x, weight, b, has_bias, y, g, zero):
     _check_simd_cache(x.dtype)
     Hph, Wph, img, boff = _phase_layout(g)
     NR = block_cols(x.dtype.itemsize)
-    inplace = img * x.dtype.itemsize <= _INPLACE_BYTES
-    # slack: whole-vector overreads, and the in-place tiles reading past an image's end
-    end = (g.N - 1) * img + int(boff.max()) + -(-g.P * Wph // NR) * NR if inplace else 0
-    xph = np.empty(max(g.N * img, end) + _COPY_SLACK, dtype=x.dtype)
+    wp = _weight_blocks(weight, g, _MR)
+    if img * x.dtype.itemsize <= _INPLACE_BYTES and g.N >= 2 * get_num_threads():
+        # one image's planes, plus the slack the last tile reads past them
+        xlen = max(img, int(boff.max()) + -(-g.P * Wph // NR) * NR) + _COPY_SLACK
+        _implicit_forward_inplace(x, xlen, wp, boff, b, has_bias, y, g.sh, g.sw, Hph, Wph, g.pt, g.pl, NR,
+                                  _workers(g.N), zero)
+        return y
+    xph = np.empty(g.N * img + _COPY_SLACK, dtype=x.dtype)
     xph[g.N * img:] = 0
     _to_phase_planes(x, xph, g.sh, g.sw, Hph, Wph, g.pt, g.pl, zero)
-    wp = _weight_blocks(weight, g, _MR)
-    if inplace:
-        nw = _workers(g.N * g.G * -(-g.P * Wph // NR))
-        _implicit_forward_inplace(xph, img, wp, boff, b, has_bias, y, Wph, NR, nw, zero)
-        return y
     # tiles per task: their accumulators fit _ACC_BYTES, and every worker gets a few tasks
     ntiles = -(-g.N * g.P * g.Q // NR)
     TG = max(1, min(_ACC_BYTES // (wp.shape[1] * _MR * NR * x.dtype.itemsize), ntiles,
