@@ -27,6 +27,7 @@ exactly one task and every reduction runs in a fixed order, so results are
 identical from run to run. Each worker allocates its scratch tile once.
 """
 import contextlib
+import functools
 import sys
 
 import numpy as np
@@ -915,16 +916,19 @@ def _implicit(x, weight, b, has_bias, y, g, zero):
     return y
 
 
+@functools.lru_cache(maxsize=256)
 def _phase_layout(g):
     """(Hph, Wph, img, boff): the phase planes' size (each input channel's padded plane split
     into its sh*sw stride phases, see _to_phase_planes), the elements per image, and
-    boff[grp, l], where tap l = (c, r, s) of group grp starts in an image's planes."""
+    boff[grp, l], where tap l = (c, r, s) of group grp starts in an image's planes. Cached
+    per geometry (a training loop asks for the same few); boff is read-only."""
     Hp, Wp = _padded_size(g)
     Hph, Wph = -(-Hp // g.sh), -(-Wp // g.sw)
     c, r, s = np.meshgrid(np.arange(g.Cg), np.arange(g.R) * g.dh, np.arange(g.S) * g.dw, indexing="ij")
     tap = (((c * g.sh + r % g.sh) * g.sw + s % g.sw) * Hph + r // g.sh) * Wph + s // g.sw
     plane = g.sh * g.sw * Hph * Wph
     boff = (np.arange(g.G)[:, None] * (g.Cg * plane) + tap.reshape(1, -1)).astype(np.int64)
+    boff.flags.writeable = False
     return Hph, Wph, g.C * plane, boff
 
 
