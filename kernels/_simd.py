@@ -129,6 +129,16 @@ def _row_stride(context, builder, ary_ty, ary):
     return builder.sdiv(builder.extract_value(ary.strides, 0), ir.Constant(ir.IntType(64), itemsize))
 
 
+def _strided_rows(builder, data, stride):
+    """row(l) -> pointer to row l of a matrix whose rows are `stride` elements apart."""
+    return lambda l: builder.gep(data, [builder.mul(l, stride)])
+
+
+def _offset_rows(builder, base, offsets):
+    """row(l) -> pointer base + offsets[l] (rows read in place at arbitrary offsets)."""
+    return lambda l: builder.gep(base, [builder.load(builder.gep(offsets, [l]))])
+
+
 def _gemm_block_intrinsic(MR, NV):
     @intrinsic
     def gemm_block(typingctx, a, b, c, accumulate):
@@ -153,13 +163,8 @@ def _gemm_block_intrinsic(MR, NV):
             NR = NV * lanes(context.get_abi_sizeof(fty))
             L = builder.extract_value(av.shape, 0)
 
-            lda = _row_stride(context, builder, a_ty, av)
-
-            def a_row(l):
-                return builder.gep(av.data, [builder.mul(l, lda)])
-
-            def b_row(l):
-                return builder.gep(bv.data, [builder.mul(l, ir.Constant(ir.IntType(64), NR))])
+            a_row = _strided_rows(builder, av.data, _row_stride(context, builder, a_ty, av))
+            b_row = _strided_rows(builder, bv.data, ir.Constant(ir.IntType(64), NR))
             _emit_block(context, builder, MR, NV, fty, L, a_row, b_row, cv.data,
                         _row_stride(context, builder, c_ty, cv), args[3])
             return context.get_dummy_value()
@@ -191,13 +196,8 @@ def _gemm_block_rows_intrinsic(MR, NV):
             L = builder.extract_value(av.shape, 0)
             b0 = builder.gep(bv.data, [args[3]])
 
-            lda = _row_stride(context, builder, a_ty, av)
-
-            def a_row(l):
-                return builder.gep(av.data, [builder.mul(l, lda)])
-
-            def b_row(l):
-                return builder.gep(b0, [builder.load(builder.gep(ov.data, [l]))])
+            a_row = _strided_rows(builder, av.data, _row_stride(context, builder, a_ty, av))
+            b_row = _offset_rows(builder, b0, ov.data)
             _emit_block(context, builder, MR, NV, fty, L, a_row, b_row, cv.data,
                         _row_stride(context, builder, c_ty, cv), args[5])
             return context.get_dummy_value()
@@ -231,11 +231,8 @@ def _gemm_block_at_intrinsic(MR, NV):
             L = builder.extract_value(ov.shape, 0)
             a0 = builder.gep(av.data, [args[2]])
 
-            def a_row(l):
-                return builder.gep(a0, [builder.load(builder.gep(ov.data, [l]))])
-
-            def b_row(l):
-                return builder.gep(bv.data, [builder.mul(l, args[4])])
+            a_row = _offset_rows(builder, a0, ov.data)
+            b_row = _strided_rows(builder, bv.data, args[4])
             _emit_block(context, builder, MR, NV, fty, L, a_row, b_row, cv.data,
                         _row_stride(context, builder, c_ty, cv), args[6])
             return context.get_dummy_value()

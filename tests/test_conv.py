@@ -17,21 +17,27 @@ from gradcheck import gradcheck
 DIRECT_GEOMS = [((3, 3), 1, 1), ((2, 3), (2, 1), (1, 2))]
 
 
-def conv_ref(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
-    """Naive float64 convolution: zero-pad, then one strided window per kernel tap."""
-    g = conv2d_geometry("ref", x.shape, w.shape, stride, padding, dilation, groups)
+def tap_windows(x, g):
+    """(k, r, s, win) for every output channel k and kernel tap: win (N, Cg, P, Q) holds the
+    input values tap (r, s) of channel k's group meets, from the zero-padded input."""
     xp = np.zeros((g.N, g.C, g.H + g.pt + g.pb, g.W + g.pl + g.pr))
     xp[:, :, g.pt:g.pt + g.H, g.pl:g.pl + g.W] = x
-    y = np.zeros((g.N, g.K, g.P, g.Q))
     for k in range(g.K):
         c0 = (k // g.Kg) * g.Cg
         for r in range(g.R):
             for s in range(g.S):
-                win = xp[:, c0:c0 + g.Cg, r * g.dh:r * g.dh + g.sh * (g.P - 1) + 1:g.sh,
-                         s * g.dw:s * g.dw + g.sw * (g.Q - 1) + 1:g.sw]
-                y[:, k] += np.einsum("ncpq,c->npq", win, w[k, :, r, s])
-        if b is not None:
-            y[:, k] += b[k]
+                yield k, r, s, xp[:, c0:c0 + g.Cg, r * g.dh:r * g.dh + g.sh * (g.P - 1) + 1:g.sh,
+                                  s * g.dw:s * g.dw + g.sw * (g.Q - 1) + 1:g.sw]
+
+
+def conv_ref(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
+    """Naive float64 convolution: zero-pad, then one strided window per kernel tap."""
+    g = conv2d_geometry("ref", x.shape, w.shape, stride, padding, dilation, groups)
+    y = np.zeros((g.N, g.K, g.P, g.Q))
+    for k, r, s, win in tap_windows(x, g):
+        y[:, k] += np.einsum("ncpq,c->npq", win, w[k, :, r, s])
+    if b is not None:
+        y += np.asarray(b).reshape(1, -1, 1, 1)
     return y
 
 
@@ -255,16 +261,9 @@ def test_algorithms_agree_float32_and_big_tiles(rng):
 def wgrad_ref(x, gy, w_shape, stride=1, padding=0, dilation=1, groups=1):
     """Naive weight gradient: gw[k, c, r, s] = sum_{n,p,q} gy[n, k, p, q] * xpad[n, c0 + c, tap]."""
     g = conv2d_geometry("ref", x.shape, w_shape, stride, padding, dilation, groups)
-    xp = np.zeros((g.N, g.C, g.H + g.pt + g.pb, g.W + g.pl + g.pr))
-    xp[:, :, g.pt:g.pt + g.H, g.pl:g.pl + g.W] = x
     gw = np.zeros(w_shape)
-    for k in range(g.K):
-        c0 = (k // g.Kg) * g.Cg
-        for r in range(g.R):
-            for s in range(g.S):
-                win = xp[:, c0:c0 + g.Cg, r * g.dh:r * g.dh + g.sh * (g.P - 1) + 1:g.sh,
-                         s * g.dw:s * g.dw + g.sw * (g.Q - 1) + 1:g.sw]
-                gw[k, :, r, s] = np.einsum("ncpq,npq->c", win, gy[:, k])
+    for k, r, s, win in tap_windows(x, g):
+        gw[k, :, r, s] = np.einsum("ncpq,npq->c", win, gy[:, k])
     return gw
 
 
