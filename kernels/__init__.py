@@ -16,10 +16,17 @@ FAMILIES = (
 )
 
 
+_modules = {}
+
+
 def backend(family, kind):
     """Return the kernel module of ``family`` for ``kind`` ("cpu" or "cuda")."""
+    module = _modules.get((family, kind))
+    if module is not None:      # every op call asks: skip the import machinery
+        return module
     if family not in FAMILIES:
         raise ValueError(f"unknown kernel family {family!r}; known: {', '.join(FAMILIES)}")
     if kind not in ("cpu", "cuda"):
         raise ValueError(f"unknown backend {kind!r}; expected 'cpu' or 'cuda'")
-    return importlib.import_module(f"nbdl.kernels.{family}.{kind}")
+    module = _modules[family, kind] = importlib.import_module(f"nbdl.kernels.{family}.{kind}")
+    return module

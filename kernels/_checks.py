@@ -29,6 +29,8 @@ def check_array(op, name, a, ndim=None, dtype=None, shape=None, contiguous=True)
     (float32 or float64); shape: a tuple whose None entries match anything;
     contiguous: require C order (kernels index flat memory).
     """
+    if type(a) is np.ndarray and _ndarray_ok(a, ndim, dtype, shape, contiguous):
+        return a                 # the common case, without building any message
     if not (hasattr(a, "shape") and hasattr(a, "dtype")):
         raise TypeError(f"{op}: {name} must be an array, got {type(a).__name__}")
     if ndim is not None and len(a.shape) != ndim:
@@ -45,6 +47,20 @@ def check_array(op, name, a, ndim=None, dtype=None, shape=None, contiguous=True)
     if contiguous and not _is_c_contiguous(a):
         raise ValueError(f"{op}: {name} must be C-contiguous")
     return a
+
+
+def _ndarray_ok(a, ndim, dtype, shape, contiguous):
+    """Whether a numpy array passes check_array (which then has nothing to say)."""
+    if ndim is not None and a.ndim != ndim:
+        return False
+    if dtype == "float":
+        if a.dtype not in FLOAT_DTYPES:
+            return False
+    elif dtype is not None:
+        return False             # other dtype specs: the general path
+    if shape is not None and (len(shape) != a.ndim or any(w is not None and w != g for w, g in zip(shape, a.shape))):
+        return False
+    return not contiguous or a.flags.c_contiguous
 
 
 def _is_c_contiguous(a):

@@ -25,7 +25,8 @@ Variants read A's or B's rows in place at given offsets (implicit GEMMs: a convo
 column matrix is never built). Small helpers in the same style move the data around a
 block: whole-vector copies (``copy_vectors``), the bias-adding store of a finished block
 with a masked tail and optional non-temporal stores (``add_scalar_store``,
-``store_fence``), and write prefetches (``prefetch_for_write``).
+``store_fence``), write prefetches (``prefetch_for_write``) and register transposes of
+square tiles (``transpose_tile``, for packing transposed weights).
 """
 import numpy as np
 from llvmlite import ir
@@ -83,44 +84,58 @@ def _is_float_array(*arrays):
             and all(a.dtype == arrays[0].dtype for a in arrays) and arrays[0].dtype in (types.float32, types.float64))
 
 
+class _Block:
+    """The IR of one MR x NV-vector register block: accumulators (allocas in the entry
+    block, promoted to registers by LLVM), one reduction step, the final store."""
+
+    def __init__(self, context, builder, MR, NV, fty):
+        self.builder, self.MR, self.NV, self.fty = builder, MR, NV, fty
+        self.itemsize = context.get_abi_sizeof(fty)
+        self.W = W = lanes(self.itemsize)
+        self.vty = ir.VectorType(fty, W)
+        self.accs = [[cgutils.alloca_once_value(builder, ir.Constant(self.vty, None)) for _ in range(NV)]
+                     for _ in range(MR)]
+        self.fma = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(self.vty, [self.vty] * 3), f"llvm.fma.v{W}f{8 * self.itemsize}")
+
+    def step(self, arow, brow):
+        """acc[i][v] += A_l[i] * B_l[v*W:(v+1)*W]; arow, brow: pointers to row l of A and B."""
+        b, W, i64 = self.builder, self.W, ir.IntType(64)
+        vptr = self.vty.as_pointer()
+        undef = ir.Constant(self.vty, ir.Undefined)
+        zero_mask = ir.Constant(ir.VectorType(ir.IntType(32), W), None)
+        bvec = [b.load(b.bitcast(b.gep(brow, [ir.Constant(i64, v * W)]), vptr), align=self.itemsize)
+                for v in range(self.NV)]
+        for i in range(self.MR):
+            s = b.load(b.gep(arow, [ir.Constant(i64, i)]))
+            splat = b.shuffle_vector(b.insert_element(undef, s, ir.Constant(i64, 0)), undef, zero_mask)
+            for v in range(self.NV):
+                b.store(b.call(self.fma, [splat, bvec[v], b.load(self.accs[i][v])]), self.accs[i][v])
+
+    def store(self, c_data, ldc, acc_flag):
+        """c[i*ldc + v*W ...] (+)= acc[i][v]."""
+        b, W, i64 = self.builder, self.W, ir.IntType(64)
+        vptr = self.vty.as_pointer()
+        for i in range(self.MR):
+            crow = b.gep(c_data, [b.mul(ir.Constant(i64, i), ldc)])
+            for v in range(self.NV):
+                p = b.bitcast(b.gep(crow, [ir.Constant(i64, v * W)]), vptr)
+                val = b.load(self.accs[i][v])
+                with b.if_else(acc_flag) as (then, otherwise):
+                    with then:
+                        b.store(b.fadd(b.load(p, align=self.itemsize), val), p, align=self.itemsize)
+                    with otherwise:
+                        b.store(val, p, align=self.itemsize)
+
+
 def _emit_block(context, builder, MR, NV, fty, L, a_row, b_row, c_data, ldc, acc_flag):
     """The IR of one block: for l < L, for i < MR, v < NV: acc[i][v] += A_l[i] * B_l[v*W:(v+1)*W],
     where a_row(l), b_row(l) are pointers to row l of A and B; then c[i*ldc + v*W ...] (+)=
     acc[i][v]."""
-    itemsize = context.get_abi_sizeof(fty)
-    W = lanes(itemsize)
-    vty = ir.VectorType(fty, W)
-    vptr = vty.as_pointer()
-    i64 = ir.IntType(64)
-    # accumulators: allocas in the entry block, promoted to registers by LLVM
-    accs = [[cgutils.alloca_once_value(builder, ir.Constant(vty, None)) for _ in range(NV)]
-            for _ in range(MR)]
-    zero_mask = ir.Constant(ir.VectorType(ir.IntType(32), W), None)
-    undef = ir.Constant(vty, ir.Undefined)
-    fma = cgutils.get_or_insert_function(
-        builder.module, ir.FunctionType(vty, [vty, vty, vty]), f"llvm.fma.v{W}f{8 * itemsize}")
+    block = _Block(context, builder, MR, NV, fty)
     with cgutils.for_range(builder, L) as loop:
-        l = loop.index
-        brow = b_row(l)
-        bvec = [builder.load(builder.bitcast(builder.gep(brow, [ir.Constant(i64, v * W)]), vptr),
-                             align=itemsize) for v in range(NV)]
-        arow = a_row(l)
-        for i in range(MR):
-            s = builder.load(builder.gep(arow, [ir.Constant(i64, i)]))
-            splat = builder.shuffle_vector(builder.insert_element(undef, s, ir.Constant(i64, 0)),
-                                           undef, zero_mask)
-            for v in range(NV):
-                builder.store(builder.call(fma, [splat, bvec[v], builder.load(accs[i][v])]), accs[i][v])
-    for i in range(MR):
-        crow = builder.gep(c_data, [builder.mul(ir.Constant(i64, i), ldc)])
-        for v in range(NV):
-            p = builder.bitcast(builder.gep(crow, [ir.Constant(i64, v * W)]), vptr)
-            val = builder.load(accs[i][v])
-            with builder.if_else(acc_flag) as (then, otherwise):
-                with then:
-                    builder.store(builder.fadd(builder.load(p, align=itemsize), val), p, align=itemsize)
-                with otherwise:
-                    builder.store(val, p, align=itemsize)
+        block.step(a_row(loop.index), b_row(loop.index))
+    block.store(c_data, ldc, acc_flag)
 
 
 def _row_stride(context, builder, ary_ty, ary):
@@ -172,6 +187,64 @@ def _gemm_block_intrinsic(MR, NV):
         return sig, codegen
 
     return gemm_block
+
+
+def make_gemm_pair(mr1, nv1, mr2, nv2):
+    """An intrinsic running two independent register blocks in one loop (see
+    ``gemm_pair``); one per pair of shapes."""
+    key = ("pair", mr1, nv1, mr2, nv2)
+    if key not in _BLOCKS:
+        _BLOCKS[key] = _gemm_pair_intrinsic(mr1, nv1, mr2, nv2)
+    return _BLOCKS[key]
+
+
+def _gemm_pair_intrinsic(MR1, NV1, MR2, NV2):
+    @intrinsic
+    def gemm_pair(typingctx, a, b, c, acc, a2, b2, c2, acc2):
+        """gemm_pair(a, b, c, acc, a2, b2, c2, acc2): gemm_block(a, b, c, acc) with an
+        MR1 x NV1 block and gemm_block(a2, b2, c2, acc2) with an MR2 x NV2 block, their
+        reduction steps interleaved in one loop (then the longer one's remaining steps).
+
+        Why: a matrix-vector product (MR1 = 1) waits on the cache bandwidth for its matrix
+        and leaves most multiply-add slots idle; a GEMM block whose operands sit in L1
+        fills them, in the same instruction window (two calls one after the other overlap
+        only at their boundary). Operands as in gemm_block; the results are the bits of
+        the two separate calls."""
+        if not _is_float_array(a, b, c, a2, b2, c2):
+            return None
+        sig = types.void(a, b, c, types.boolean, a2, b2, c2, types.boolean)
+
+        def codegen(context, builder, signature, args):
+            tys = signature.args
+            arrs = [context.make_array(tys[i])(context, builder, args[i]) if i not in (3, 7) else None
+                    for i in range(8)]
+            fty = context.get_value_type(tys[0].dtype)
+            W = lanes(context.get_abi_sizeof(fty))
+            i64 = ir.IntType(64)
+            blocks, rows = [], []
+            for k, (mr, nv) in enumerate(((MR1, NV1), (MR2, NV2))):
+                av, bv = arrs[4 * k], arrs[4 * k + 1]
+                blocks.append(_Block(context, builder, mr, nv, fty))
+                rows.append((_strided_rows(builder, av.data, _row_stride(context, builder, tys[4 * k], av)),
+                             _strided_rows(builder, bv.data, ir.Constant(i64, nv * W)),
+                             builder.extract_value(av.shape, 0)))
+            (ar1, br1, L1), (ar2, br2, L2) = rows
+            both = builder.select(builder.icmp_signed("<", L1, L2), L1, L2)
+            with cgutils.for_range(builder, both) as loop:
+                blocks[0].step(ar1(loop.index), br1(loop.index))
+                blocks[1].step(ar2(loop.index), br2(loop.index))
+            for block, (ar, br, L) in zip(blocks, rows):
+                with cgutils.for_range(builder, builder.sub(L, both)) as loop:
+                    l = builder.add(loop.index, both)
+                    block.step(ar(l), br(l))
+            for k, block in enumerate(blocks):
+                cv = arrs[4 * k + 2]
+                block.store(cv.data, _row_stride(context, builder, tys[4 * k + 2], cv), args[4 * k + 3])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return gemm_pair
 
 
 def _gemm_block_rows_intrinsic(MR, NV):
@@ -292,6 +365,53 @@ def copy_vectors(typingctx, src, s0, dst, d0, m, exact):
                                                             ir.Constant(ir.VectorType(fty, W), ir.Undefined)])
             builder.call(_masked_store(builder, fty, W), [v, builder.bitcast(builder.gep(dst0, [off]), vptr),
                                                          ir.Constant(ir.IntType(32), itemsize), mask])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def transpose_tile(typingctx, src, s0, lds, dst, d0, ldd):
+    """transpose_tile(src, s0, lds, dst, d0, ldd): dst[d0 + c*ldd + r] = src[s0 + r*lds + c]
+    for r, c < lanes: one lanes x lanes tile (16 x 16 float32 with AVX-512) transposed in
+    registers, lanes vector loads, lanes * log2(lanes) two-source shuffles, lanes vector
+    stores, where an element-by-element transpose moves about one element per cycle.
+    Offsets count elements from each array's first element, whatever its shape (as for
+    the B panel of gemm_block): src and dst are arrays of one float dtype laid out
+    contiguously, every row inside both, the two not overlapping; nothing is checked here.
+
+    The shuffles are the butterfly of a recursive transpose: at stage b (1, 2, 4, ...) rows
+    i and i + b (i & b == 0) swap their off-diagonal b x b blocks."""
+    if not _is_float_array(src, dst):
+        return None
+    sig = types.void(src, types.int64, types.int64, dst, types.int64, types.int64)
+
+    def codegen(context, builder, signature, args):
+        s_ty, _, _, d_ty, _, _ = signature.args
+        sv = context.make_array(s_ty)(context, builder, args[0])
+        dv = context.make_array(d_ty)(context, builder, args[3])
+        fty = context.get_value_type(s_ty.dtype)
+        itemsize = context.get_abi_sizeof(fty)
+        W = lanes(itemsize)
+        vptr = ir.VectorType(fty, W).as_pointer()
+        src0 = builder.gep(sv.data, [args[1]])
+        dst0 = builder.gep(dv.data, [args[4]])
+        rows = [builder.load(builder.bitcast(builder.gep(src0, [builder.mul(args[2], ir.Constant(args[2].type, r))]),
+                                             vptr), align=itemsize) for r in range(W)]
+        b = 1
+        while b < W:
+            mask_ty = ir.VectorType(ir.IntType(32), W)
+            lo = ir.Constant(mask_ty, [k if k & b == 0 else W + k - b for k in range(W)])
+            hi = ir.Constant(mask_ty, [k + b if k & b == 0 else W + k for k in range(W)])
+            new = list(rows)
+            for i in range(W):
+                if i & b == 0:
+                    new[i] = builder.shuffle_vector(rows[i], rows[i + b], lo)
+                    new[i + b] = builder.shuffle_vector(rows[i], rows[i + b], hi)
+            rows, b = new, 2 * b
+        for c in range(W):
+            p = builder.gep(dst0, [builder.mul(args[5], ir.Constant(args[5].type, c))])
+            builder.store(rows[c], builder.bitcast(p, vptr), align=itemsize)
         return context.get_dummy_value()
 
     return sig, codegen

@@ -527,6 +527,58 @@ def test_cpu_lstm_threads_give_the_same_bits(rng, dtype, monkeypatch):
             np.testing.assert_allclose(shared[2], ref_c[0], rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_cpu_lstm_projection_inside_the_time_loop(rng, dtype, monkeypatch):
+    """Batches of one or two rows compute x W_ih^T inside the time loop, in units run
+    alongside the recurrent product (and alone where a step's rows are not ready yet):
+    sequences long enough for several unit groups, input sizes far below and far above
+    the hidden size, unit ranges that cut gates across panels (tiles), a last row block
+    with fewer rows, reverse. Against the numpy reference, the same bits on one thread
+    and shared, and the same values as the separate projection of larger batches."""
+    from nbdl.kernels.rnn import cpu
+    for steps, batch, inputs, hidden in [(37, 1, 70, 50), (23, 2, 130, 64), (19, 1, 300, 16), (9, 2, 2, 33)]:
+        w = [(rng.standard_normal(s) / np.sqrt(hidden)).astype(dtype)
+             for s in ((4 * hidden, inputs), (4 * hidden, hidden), (4 * hidden,), (4 * hidden,))]
+        x = rng.standard_normal((steps, batch, inputs)).astype(dtype)
+        h0, c0 = (rng.standard_normal((batch, hidden)).astype(dtype) for _ in range(2))
+        tol = 1e-12 if dtype == np.float64 else 2e-5
+        for reverse in (False, True):
+            monkeypatch.setattr(cpu, "_PARALLEL_WORK", 1 << 62)
+            one = cpu.lstm_forward(x, h0, c0, *w, reverse=reverse)
+            monkeypatch.setattr(cpu, "_PARALLEL_WORK", 0)
+            shared = cpu.lstm_forward(x, h0, c0, *w, reverse=reverse)
+            for u, v in zip(one, shared):
+                assert np.array_equal(u, v)
+            # the same sequence as rows of a batch of 3 (separate projection, MR-row blocks)
+            x3 = np.ascontiguousarray(np.concatenate([x, x[:, :1], x[:, :1]], axis=1)[:, :3])
+            h3, c3 = (np.ascontiguousarray(np.concatenate([a, a[:1], a[:1]])[:3]) for a in (h0, c0))
+            y3 = cpu.lstm_forward(x3, h3, c3, *w, reverse=reverse)[0]
+            np.testing.assert_allclose(shared[0], y3[:, :batch], rtol=tol, atol=tol)
+            if reverse:
+                continue
+            ref_y, ref_h, ref_c = np_rnn("lstm", x.astype(np.float64), [tuple(a.astype(np.float64) for a in w)],
+                                         h0[None].astype(np.float64), c0[None].astype(np.float64))
+            np.testing.assert_allclose(shared[0], ref_y, rtol=tol, atol=tol)
+            np.testing.assert_allclose(shared[2], ref_c[0], rtol=tol, atol=tol)
+
+
+def test_cpu_unit_ranges_and_buffers_sit_on_cache_lines():
+    """Threads of a time loop own unit ranges cut at whole cache lines of a state row where
+    the rows are long enough (else equal shares), and the shared buffers start on a line."""
+    from nbdl.kernels.rnn import cpu
+    assert list(cpu._unit_bounds(128, 2, 4)) == [0, 64, 128]
+    assert list(cpu._unit_bounds(200, 2, 4)) == [0, 96, 200]       # 100 rounded to 6 lines of floats
+    assert list(cpu._unit_bounds(200, 2, 8)) == [0, 104, 200]      # 13 lines of doubles
+    assert list(cpu._unit_bounds(47, 2, 4)) == [0, 23, 47]         # short rows: equal shares
+    for hidden, n in [(129, 2), (1000, 2), (513, 3)]:
+        b = cpu._unit_bounds(hidden, n, 4)
+        assert b[0] == 0 and b[-1] == hidden and np.all(np.diff(b) > 0) and np.all(b[1:-1] % 16 == 0)
+    for shape, dtype in [((3, 5, 7), np.float32), ((1,), np.float64), ((100, 1, 512), np.float32)]:
+        a = cpu._empty(shape, dtype)
+        assert a.shape == shape and a.dtype == dtype and a.flags.c_contiguous and a.ctypes.data % 64 == 0
+    assert not cpu._empty((4, 9), np.float64, zero=True).any()
+
+
 # --- small sequence tasks train ------------------------------------------------------------------
 
 def adding_problem(rng, steps, batch):

@@ -5,7 +5,7 @@ from numba import njit
 
 from nbdl.kernels import _simd
 from nbdl.kernels._simd import (MR, NV, add_scalar_store, block_cols, check_cache, copy_vectors, gemm_block_at,
-                                lanes, make_gemm_block)
+                                lanes, make_gemm_block, make_gemm_pair, transpose_tile)
 
 DTYPES = [np.float32, np.float64]
 
@@ -99,6 +99,53 @@ def test_copy_and_store_helpers(dtype):
                 expect = np.full(200, -1, dtype)
                 expect[d0:d0 + m] = src[3:3 + m] + 0.5
                 np.testing.assert_array_equal(dst, expect)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_transpose_tile(dtype, rng):
+    @njit
+    def run(src, s0, lds, dst, d0, ldd):
+        transpose_tile(src, s0, lds, dst, d0, ldd)
+
+    W = lanes(np.dtype(dtype).itemsize)
+    for lds, ldd, s0, d0 in ((W, W, 0, 0), (W + 3, 2 * W + 1, 5, 7)):
+        src = rng.standard_normal(s0 + W * lds + 4).astype(dtype)
+        dst = np.full(d0 + W * ldd + 4, -7, dtype)
+        run(src, s0, lds, dst, d0, ldd)
+        tile = np.stack([src[s0 + r * lds:s0 + r * lds + W] for r in range(W)])
+        expect = np.full_like(dst, -7)
+        for c in range(W):
+            expect[d0 + c * ldd:d0 + c * ldd + W] = tile[:, c]
+        np.testing.assert_array_equal(dst, expect)        # a move: exact, nothing else touched
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gemm_pair_gives_the_bits_of_two_blocks(dtype, rng):
+    pair = make_gemm_pair(1, 8, 4, NV)
+    one, four = make_gemm_block(1, 8), make_gemm_block(4, NV)
+
+    @njit
+    def together(a, b, c, acc, a2, b2, c2, acc2):
+        pair(a, b, c, acc, a2, b2, c2, acc2)
+
+    @njit
+    def apart(a, b, c, acc, a2, b2, c2, acc2):
+        one(a, b, c, acc)
+        four(a2, b2, c2, acc2)
+
+    W = lanes(np.dtype(dtype).itemsize)
+    for L1, L2 in ((64, 32), (5, 40), (0, 3), (9, 0)):        # either one longer, either one empty
+        a, b = _panels(rng, dtype, L1, 1, 8 * W)
+        a2, b2 = _panels(rng, dtype, L2, 4, NV * W)
+        for acc in (False, True):
+            c, c2 = rng.standard_normal((1, 8 * W)).astype(dtype), rng.standard_normal((4, NV * W)).astype(dtype)
+            ref, ref2, start2 = c.copy(), c2.copy(), c2.astype(np.float64)
+            together(a, b, c, acc, a2, b2, c2, not acc)
+            apart(a, b, ref, acc, a2, b2, ref2, not acc)
+            np.testing.assert_array_equal(c, ref)
+            np.testing.assert_array_equal(c2, ref2)
+            tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+            np.testing.assert_allclose(c2, (0 if acc else start2) + a2.T.astype(np.float64) @ b2, **tol)
 
 
 def test_check_cache_detects_kernels_cached_with_another_block_shape():

@@ -91,10 +91,13 @@ class TorchRNN(_RNN):
 def _compare(threads=2, repeats=7, cells=None):
     """Print nbdl against PyTorch on every (cell, shape) of RUNS, float32, in one process.
 
-    Medians of ``repeats`` calls, nbdl and PyTorch interleaved and each side measured
-    twice (the better median kept), so a burst of load on a shared machine hurts both
-    alike. Same layer weights on both sides; forward under no_grad, forward+backward
-    computes the weight gradients (the input does not require grad).
+    Medians of at least ``repeats`` calls (as many as fit in about 50 ms for short
+    calls), nbdl and PyTorch interleaved and each side measured twice (the better median
+    kept), so a burst of load on a shared machine hurts both alike; each side starts
+    after a pause in which the other's worker threads stop spinning (at batch 1 a call
+    is a few tenths of a millisecond, shorter than that spinning). Same layer weights on
+    both sides; forward under no_grad, forward+backward computes the weight gradients
+    (the input does not require grad).
     """
     import os
     import time
@@ -106,15 +109,18 @@ def _compare(threads=2, repeats=7, cells=None):
     numba.set_num_threads(threads)
 
     def median(f):
+        time.sleep(0.2)         # the other library's worker threads stop spinning first
+        t0 = time.perf_counter()
         f()
+        calls = max(repeats, min(200, int(0.05 / max(time.perf_counter() - t0, 1e-6))))
         times = []
-        for _ in range(repeats):
+        for _ in range(calls):
             t0 = time.perf_counter()
             f()
             times.append(time.perf_counter() - t0)
         return float(np.median(times))
 
-    print(f"{threads} thread(s), wall clock, median of {repeats}; load average "
+    print(f"{threads} thread(s), wall clock, median of >= {repeats}; load average "
           f"{os.getloadavg()[0]:.2f}")
     print(f"{'cell':9} {'shape (T,B,I,H)':22} {'fwd ms nbdl / torch':>21} {'ratio':>6} "
           f"{'fwd+bwd ms nbdl / torch':>25} {'ratio':>6}")

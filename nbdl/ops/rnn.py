@@ -56,6 +56,10 @@ def _check_weights(op, cell, weights, num_layers, directions, x):
         if len(w) != 4:
             raise ValueError(f"{op}: weights[{k}] must be (w_ih, w_hh, b_ih, b_hh), got {len(w)} entries")
         w_ih, w_hh, b_ih, b_hh = w
+        h = hidden if hidden is not None else (w_hh.shape[1] if isinstance(w_hh, Tensor) and w_hh.ndim == 2 else 0)
+        if h > 0 and _weights_ok(w, x, h, g, x.shape[-1] if k < directions else directions * h):
+            hidden = h
+            continue                 # the checks below would pass: skip their cost (per call)
         check_tensor(op, f"weights[{k}][0] (w_ih)", w_ih, ndim=2, dtype="float")
         check_tensor(op, f"weights[{k}][1] (w_hh)", w_hh, ndim=2, dtype="float")
         if hidden is None:
@@ -69,6 +73,8 @@ def _check_weights(op, cell, weights, num_layers, directions, x):
         for name, t in zip(("w_ih", "w_hh", "b_ih", "b_hh"), w):
             if t is None and name in ("b_ih", "b_hh"):
                 continue
+            if isinstance(t, Tensor) and t.shape == want[name] and t.dtype == x.dtype and t.device == x.device:
+                continue             # all well (the checks below would pass): skip their cost
             check_tensor(op, f"weights[{k}] {name}", t, dtype="float")
             if tuple(t.shape) != want[name]:
                 raise ValueError(f"{op}: weights[{k}] {name} must have shape {want[name]} "
@@ -76,6 +82,17 @@ def _check_weights(op, cell, weights, num_layers, directions, x):
             check_same_device(op, input=x, **{f"weights[{k}] {name}": t})
             check_same_dtype(op, input=x, **{f"weights[{k}] {name}": t})
     return hidden
+
+
+def _weights_ok(w, x, hidden, g, layer_input):
+    """Whether one (w_ih, w_hh, b_ih, b_hh) passes every check of _check_weights."""
+    want = ((g * hidden, layer_input), (g * hidden, hidden), (g * hidden,), (g * hidden,))
+    for i, (t, shape) in enumerate(zip(w, want)):
+        if t is None and i >= 2:
+            continue
+        if not (isinstance(t, Tensor) and t.shape == shape and t.dtype == x.dtype and t.device == x.device):
+            return False
+    return True
 
 
 def _check_state(op, name, s, shape, x, unbatched):
