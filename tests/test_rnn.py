@@ -534,7 +534,7 @@ def test_cpu_lstm_projection_inside_the_time_loop(rng, dtype, monkeypatch):
     sequences long enough for several unit groups, input sizes far below and far above
     the hidden size, unit ranges that cut gates across panels (tiles), a last row block
     with fewer rows, reverse. Against the numpy reference, the same bits on one thread
-    and shared, and the same values as the separate projection of larger batches."""
+    and shared, and the same values as the separate projection (larger batches, longer inputs)."""
     from nbdl.kernels.rnn import cpu
     for steps, batch, inputs, hidden in [(37, 1, 70, 50), (23, 2, 130, 64), (19, 1, 300, 16), (9, 2, 2, 33)]:
         w = [(rng.standard_normal(s) / np.sqrt(hidden)).astype(dtype)
@@ -554,6 +554,10 @@ def test_cpu_lstm_projection_inside_the_time_loop(rng, dtype, monkeypatch):
             h3, c3 = (np.ascontiguousarray(np.concatenate([a, a[:1], a[:1]])[:3]) for a in (h0, c0))
             y3 = cpu.lstm_forward(x3, h3, c3, *w, reverse=reverse)[0]
             np.testing.assert_allclose(shared[0], y3[:, :batch], rtol=tol, atol=tol)
+            monkeypatch.setattr(cpu, "_PROJ_MAX", -1)         # long inputs: the separate projection
+            np.testing.assert_allclose(cpu.lstm_forward(x, h0, c0, *w, reverse=reverse)[0], shared[0],
+                                       rtol=tol, atol=tol)
+            monkeypatch.undo()
             if reverse:
                 continue
             ref_y, ref_h, ref_c = np_rnn("lstm", x.astype(np.float64), [tuple(a.astype(np.float64) for a in w)],

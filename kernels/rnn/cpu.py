@@ -70,8 +70,14 @@ def _empty(shape, dtype, zero=False):
     dtype = np.dtype(dtype)
     size = math.prod(shape)
     buf = (np.zeros if zero else np.empty)(size + _LINE // dtype.itemsize, dtype=dtype)
-    start = (-buf.ctypes.data % _LINE) // dtype.itemsize
+    start = (-_address(buf) % _LINE) // dtype.itemsize
     return buf[start:start + size].reshape(shape)
+
+
+@njit(cache=True)
+def _address(a):
+    """a's data address (ten times faster than a.ctypes.data, which builds an object)."""
+    return a.ctypes.data
 
 
 def _scratch(name, shape, dtype, zero=False):
@@ -1067,6 +1073,8 @@ def _prefetch_rows(g, y, c, h, gates, hidden, u0, u1):
 _PROJ_MR = 4 if NV == 4 else 2         # rows of a unit: 8 + 4 * NV accumulators with the
                                        # matrix-vector block's 8, inside the vector registers
 _PROJ_GROUP = 4                        # row blocks sharing each chunk of W_ih panel
+_PROJ_MAX = 1 << 22                    # inputs (T*B*I values) up to which it is done so: each
+                                       # thread packs all of x (a copy per thread)
 _proj_block = make_gemm_block(_PROJ_MR, NV)
 _pair_full = make_gemm_pair(1, _GEMV_NV, _PROJ_MR, NV)
 _pair_half = make_gemm_pair(1, _GEMV_NV // 2, _PROJ_MR, NV)
@@ -1113,9 +1121,10 @@ def _unit_table(nrb, npx, nch, m, mr, nr, hidden, u0, nu, reverse):
 @njit(inline="always")
 def _unit(v, tab, apx, xpan, g2, tiles, kcp):
     """Operands of projection unit v (see _unit_table): (a, b, out, accumulate, done,
-    direct, r0, rows, c0, tile). The projection's arguments (tab, apx, xpan, g2, tiles, hidden, u0, nu, kcp): the unit table,
-    x's rows packed in blocks (nrb, I, _PROJ_MR), the thread's W_ih panels (npx, I, NR),
-    the gates (T*B, 4H), the tiles, the sizes. (Passed one by one: a tuple of arrays
+    direct, r0, rows, c0, tile). The projection's arguments (tab, apx, xpan, g2, tiles,
+    hidden, u0, nu, kcp): the unit table, x's rows packed in blocks (nrb, I, _PROJ_MR),
+    the thread's W_ih panels (npx, I, NR), the gates (T*B, 4H), the tiles, the sizes.
+    (Passed one by one: a tuple of arrays
     measured 0.3 us slower per step.)"""
     k = apx.shape[1]
     mr = apx.shape[2]
@@ -1254,21 +1263,25 @@ def _lstm_fwd_units(x, w_ih, xp, w_hh, bias, hs, cs, gates, y, lengths, mask, re
     _pack_states(hs[steps if reverse else 0], mask, ap[0], u0, u1)
     _signal(flags, k, 1)
     _wait_for(flags, units, first[0], first[1], 1)
-    v = _product(ap[0], wk, npan, gh[own], first[0], first[1], v, tab, apx, xpan, g2, tiles, hidden, u0, nu, kcp)
+    v = _product(ap[0], wk, npan, gh[own], first[0], first[1], v, tab, apx, xpan, g2, tiles, hidden, u0, nu,
+                 kcp)
     for s in range(steps):
         t, tin, tout = _forward_slots(s, steps, reverse)
         _prefetch_rows(gates[t], y[t], cs[tout], hs[tout], 4, hidden, u0, u1)
         _wait_for(flags, units, second[0], second[1], s + 1)
-        v = _product(ap[s % 2], wk, npan, gh[other], second[0], second[1], v, tab, apx, xpan, g2, tiles, hidden, u0, nu, kcp)
-        if m > 0:
-            v = _units_alone(v, _units_needed(t, batch, tab, apx, reverse), tab, apx, xpan, g2, tiles, hidden, u0, nu, kcp)
+        v = _product(ap[s % 2], wk, npan, gh[other], second[0], second[1], v, tab, apx, xpan, g2, tiles, hidden,
+                     u0, nu, kcp)
+        if m > 0:           # rows this step needs and no unit has made yet
+            v = _units_alone(v, _units_needed(t, batch, tab, apx, reverse), tab, apx, xpan, g2, tiles, hidden,
+                             u0, nu, kcp)
         _lstm_cells(gates[t], gh[0], gh[1], bias, cs[tin], cs[tout], hs[tout], y[t], hidden, u0, u1, z, tc)
         _carry_rows(hs, cs, y, lengths, t, tin, tout, u0, u1)
         if s + 1 < steps:
             _pack_states(hs[tout], mask, ap[(s + 1) % 2], u0, u1)
             _signal(flags, k, s + 2)
             _wait_for(flags, units, first[0], first[1], s + 2)
-            v = _product(ap[(s + 1) % 2], wk, npan, gh[own], first[0], first[1], v, tab, apx, xpan, g2, tiles, hidden, u0, nu, kcp)
+            v = _product(ap[(s + 1) % 2], wk, npan, gh[own], first[0], first[1], v, tab, apx, xpan, g2, tiles,
+                         hidden, u0, nu, kcp)
 
 
 @njit(parallel=True, **_JIT)
@@ -1702,7 +1715,7 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse=False, lengths=None,
     y = _empty((steps, batch, hidden), dtype)
     bias = _bias_sum(b_ih, b_hh, 4 * hidden, dtype)[0]
     plan = _plan(batch, hidden, hidden, 4, steps * batch * 4 * hidden * hidden, dtype)
-    if plan.mr == 1:        # a batch of one or two rows: the loop's threads project x too
+    if plan.mr == 1 and x.size <= _PROJ_MAX:      # one or two rows: the loop's threads project x too
         gates = _empty((steps, batch, 4 * hidden), dtype)
         x, w_ih = np.ascontiguousarray(x), np.ascontiguousarray(w_ih)
         xp = plan.input_panels(x.shape[2])
