@@ -84,6 +84,14 @@ def _is_float_array(*arrays):
             and all(a.dtype == arrays[0].dtype for a in arrays) and arrays[0].dtype in (types.float32, types.float64))
 
 
+def _vector_of(context, ary_ty):
+    """(element type, itemsize, lanes W, W-vector type) of a float array type."""
+    fty = context.get_value_type(ary_ty.dtype)
+    itemsize = context.get_abi_sizeof(fty)
+    W = lanes(itemsize)
+    return fty, itemsize, W, ir.VectorType(fty, W)
+
+
 class _Block:
     """The IR of one MR x NV-vector register block: accumulators (allocas in the entry
     block, promoted to registers by LLVM), one reduction step, the final store."""
@@ -342,10 +350,8 @@ def copy_vectors(typingctx, src, s0, dst, d0, m, exact):
         s_ty, _, d_ty, _, _, _ = signature.args
         sv = context.make_array(s_ty)(context, builder, args[0])
         dv = context.make_array(d_ty)(context, builder, args[2])
-        fty = context.get_value_type(s_ty.dtype)
-        itemsize = context.get_abi_sizeof(fty)
-        W = lanes(itemsize)
-        vptr = ir.VectorType(fty, W).as_pointer()
+        fty, itemsize, W, vty = _vector_of(context, s_ty)
+        vptr = vty.as_pointer()
         i64 = ir.IntType(64)
         m = args[4]
         rounded = builder.sdiv(builder.add(m, ir.Constant(i64, W - 1)), ir.Constant(i64, W))
@@ -390,10 +396,8 @@ def transpose_tile(typingctx, src, s0, lds, dst, d0, ldd):
         s_ty, _, _, d_ty, _, _ = signature.args
         sv = context.make_array(s_ty)(context, builder, args[0])
         dv = context.make_array(d_ty)(context, builder, args[3])
-        fty = context.get_value_type(s_ty.dtype)
-        itemsize = context.get_abi_sizeof(fty)
-        W = lanes(itemsize)
-        vptr = ir.VectorType(fty, W).as_pointer()
+        _, itemsize, W, vty = _vector_of(context, s_ty)
+        vptr = vty.as_pointer()
         src0 = builder.gep(sv.data, [args[1]])
         dst0 = builder.gep(dv.data, [args[4]])
         rows = [builder.load(builder.bitcast(builder.gep(src0, [builder.mul(args[2], ir.Constant(args[2].type, r))]),
@@ -465,10 +469,7 @@ def add_scalar_store(typingctx, src, s0, b, dst, d0, m, stream):
         s_ty = signature.args[0]
         sv = context.make_array(s_ty)(context, builder, args[0])
         dv = context.make_array(signature.args[3])(context, builder, args[3])
-        fty = context.get_value_type(s_ty.dtype)
-        itemsize = context.get_abi_sizeof(fty)
-        W = lanes(itemsize)
-        vty = ir.VectorType(fty, W)
+        fty, itemsize, W, vty = _vector_of(context, s_ty)
         vptr = vty.as_pointer()
         i64, i32 = ir.IntType(64), ir.IntType(32)
         m = args[5]
