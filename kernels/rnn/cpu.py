@@ -716,10 +716,10 @@ def _wait_for(flags, units, lo, hi, count):
 
 
 @njit(inline="always")
-def _panel_product(ap, wp, npan, out, lo, hi):
-    """out[blk*mr + i, p*nr + j] = sum_{lo <= l < hi} ap[blk, l, i] * wp[p, l, j] for
+def _panel_product(ap, wp, npan, out, lo, hi, acc):
+    """out[blk*mr + i, p*nr + j] (+)= sum_{lo <= l < hi} ap[blk, l, i] * wp[p, l, j] for
     p < npan: the row blocks ap (nblk, K, mr) times the weight panels wp (P, K, nr) over
-    the reduction range [lo, hi); mr is 1, 8 or MR."""
+    the reduction range [lo, hi), added to out if acc; mr is 1, 8 or MR."""
     nblk, _, mr = ap.shape
     nr = wp.shape[2]
     lanes_ = _VECTOR_BYTES // wp.itemsize
@@ -729,13 +729,13 @@ def _panel_product(ap, wp, npan, out, lo, hi):
             w = wp[p, lo:hi]
             c = out[blk * mr:(blk + 1) * mr, p * nr:(p + 1) * nr]
             if mr == 1 and nr < _GEMV_NV * lanes_:
-                _gemv_half(a, w, c, False)
+                _gemv_half(a, w, c, acc)
             elif mr == 1:
-                _gemv_block(a, w, c, False)
+                _gemv_block(a, w, c, acc)
             elif mr == 8:
-                _gemm8_block(a, w, c, False)
+                _gemm8_block(a, w, c, acc)
             else:
-                gemm_block(a, w, c, False)
+                gemm_block(a, w, c, acc)
 
 
 @njit(**_JIT)
@@ -985,46 +985,58 @@ def _rnn_bwd(dy, dh, hs, w_hh_t, dg, lengths, relu, reverse, bounds):
 # call per row and gate cost more than the math at B=32.
 
 @njit(inline="always")
-def _lstm_cells(g, gh, gh2, bias, c_in, c, h, y, hidden, u0, u1, z, tc):
+def _lstm_cells(g, gh, bias, c_in, c, h, y, hidden, u0, u1, z, tc):
     """One step of units [u0, u1), every row: g (B, 4H) holds x W_ih^T on entry, the gate
-    activations i, f, g, o on return; gh + gh2 (each >=B, >=4nu) the recurrent products
-    of these units, the two halves of the reduction (gate q at columns [q*nu, (q+1)*nu));
-    c_in, c, h, y (B, H); z (4nu,), tc (nu,) scratch.  c = f c_in + i g;  h = y = o tanh(c).
+    activations i, f, g, o on return; gh (>=B, >=4nu) the recurrent products of these
+    units (gate q at columns [q*nu, (q+1)*nu)); c_in, c, h, y (B, H); z (4, B, nu) and
+    tc (B, nu) C-contiguous scratch.  c = f c_in + i g;  h = y = o tanh(c).
 
-    Per row: the pre-activations into z (the gates' order), one sigmoid sweep over i and
-    f together, tanh over g, sigmoid over o, the state, then z back into g: fewer and
-    longer SIMD loops than one pass per gate (measured 0.17 against 0.24 us at 64 units)."""
+    The pre-activations go into z gate by gate, so each activation is one long SIMD sweep
+    over every row (sigmoid over i and f together, tanh over g, sigmoid over o, tanh over
+    c): per row and gate, the loops were short enough that their set-up cost as much as
+    the math (at B = 32, 15 us of a 55 us step)."""
     nu = u1 - u0
-    for b in range(g.shape[0]):
-        gb = g[b]
-        for q in range(4):
-            _preactivation(z[q * nu:(q + 1) * nu], gb[q * hidden + u0:q * hidden + u1], gh[b, q * nu:(q + 1) * nu],
-                           gh2[b, q * nu:(q + 1) * nu], bias[q * hidden + u0:q * hidden + u1])
-        _sigmoid_(z[:2 * nu])
-        _tanh_(z[2 * nu:3 * nu])
-        _sigmoid_(z[3 * nu:])
-        _lstm_state(z, c_in[b, u0:u1], c[b, u0:u1], h[b, u0:u1], y[b, u0:u1], tc, nu)
-        for q in range(4):
-            _copy(gb[q * hidden + u0:q * hidden + u1], z[q * nu:(q + 1) * nu])
+    batch = g.shape[0]
+    for q in range(4):
+        for b in range(batch):
+            _preactivation(z[q, b], g[b, q * hidden + u0:q * hidden + u1], gh[b, q * nu:(q + 1) * nu],
+                           bias[q * hidden + u0:q * hidden + u1])
+    n = batch * nu
+    zf = z.reshape(4 * n)
+    _sigmoid_(zf[:2 * n])
+    _tanh_(zf[2 * n:3 * n])
+    _sigmoid_(zf[3 * n:])
+    for b in range(batch):
+        _lstm_cell_state(z[0, b], z[1, b], z[2, b], c_in[b, u0:u1], c[b, u0:u1], tc[b])
+    _tanh_(tc.reshape(n))
+    for b in range(batch):
+        _lstm_output(z[3, b], tc[b], h[b, u0:u1], y[b, u0:u1])
+    for q in range(4):
+        for b in range(batch):
+            _copy(g[b, q * hidden + u0:q * hidden + u1], z[q, b])
 
 
 @njit(inline="always")
-def _preactivation(z, g, r, r2, bias):
-    """z = g + (r + r2) + bias: x W_ih^T, the two halves of the recurrent product, the bias."""
+def _preactivation(z, g, r, bias):
+    """z = g + r + bias: x W_ih^T, the recurrent product, the bias."""
     for j in range(z.shape[0]):
-        z[j] = g[j] + (r[j] + r2[j]) + bias[j]
+        z[j] = g[j] + r[j] + bias[j]
 
 
 @njit(inline="always")
-def _lstm_state(z, c_in, c, h, y, tc, nu):
-    """c = f c_in + i g;  h = y = o tanh(c), from z = [i, f, g, o] (nu each)."""
-    for j in range(nu):
-        cj = z[nu + j] * c_in[j] + z[j] * z[2 * nu + j]
+def _lstm_cell_state(i, f, gg, c_in, c, tc):
+    """c = tc = f c_in + i g."""
+    for j in range(c.shape[0]):
+        cj = f[j] * c_in[j] + i[j] * gg[j]
         c[j] = cj
         tc[j] = cj
-    _tanh_(tc)
-    for j in range(nu):
-        hj = z[3 * nu + j] * tc[j]
+
+
+@njit(inline="always")
+def _lstm_output(o, tc, h, y):
+    """h = y = o tanh(c), tc holding tanh(c)."""
+    for j in range(h.shape[0]):
+        hj = o[j] * tc[j]
         h[j] = hj
         y[j] = hj
 
@@ -1171,7 +1183,7 @@ def _units_alone(v, need, tab, apx, xpan, g2, tiles, hidden, u0, nu, kcp):
 
 
 @njit(inline="always")
-def _paired_product(ap, wp, npan, out, lo, hi, v, tab, apx, xpan, g2, tiles, hidden, u0, nu, kcp):
+def _paired_product(ap, wp, npan, out, lo, hi, acc, v, tab, apx, xpan, g2, tiles, hidden, u0, nu, kcp):
     """_panel_product for one-row blocks (mr = 1), each block run together with the next
     projection unit while any is left (gemm_pair); returns the next unit."""
     nblk = ap.shape[0]
@@ -1185,16 +1197,16 @@ def _paired_product(ap, wp, npan, out, lo, hi, v, tab, apx, xpan, g2, tiles, hid
             if v < tab.shape[0]:
                 a2, b2, o2, acc2, done, direct, r0, rows, c0, tile = _unit(v, tab, apx, xpan, g2, tiles, kcp)
                 if half:
-                    _pair_half(a, w, c, False, a2, b2, o2, acc2)
+                    _pair_half(a, w, c, acc, a2, b2, o2, acc2)
                 else:
-                    _pair_full(a, w, c, False, a2, b2, o2, acc2)
+                    _pair_full(a, w, c, acc, a2, b2, o2, acc2)
                 if done and not direct:
                     _unit_done(tile, r0, rows, c0, g2, hidden, u0, nu)
                 v += 1
             elif half:
-                _gemv_half(a, w, c, False)
+                _gemv_half(a, w, c, acc)
             else:
-                _gemv_block(a, w, c, False)
+                _gemv_block(a, w, c, acc)
     return v
 
 
@@ -1209,12 +1221,12 @@ def _units_needed(t, batch, tab, apx, reverse):
 
 
 @njit(inline="always")
-def _product(ap, wp, npan, out, lo, hi, v, tab, apx, xpan, g2, tiles, hidden, u0, nu, kcp):
+def _product(ap, wp, npan, out, lo, hi, acc, v, tab, apx, xpan, g2, tiles, hidden, u0, nu, kcp):
     """The recurrent product over h's units [lo, hi) (see _panel_product); one-row blocks
     run together with projection units (see _paired_product). Returns the next unit."""
     if ap.shape[2] == 1:
-        return _paired_product(ap, wp, npan, out, lo, hi, v, tab, apx, xpan, g2, tiles, hidden, u0, nu, kcp)
-    _panel_product(ap, wp, npan, out, lo, hi)
+        return _paired_product(ap, wp, npan, out, lo, hi, acc, v, tab, apx, xpan, g2, tiles, hidden, u0, nu, kcp)
+    _panel_product(ap, wp, npan, out, lo, hi, acc)
     return v
 
 
@@ -1227,11 +1239,11 @@ def _lstm_fwd_units(x, w_ih, xp, w_hh, bias, hs, cs, gates, y, lengths, mask, re
     and a separate parallel region and the gates' trip to the other core's cache cost
     more.
 
-    The recurrent product is two partial sums, over h's units [0, H/2) and [H/2, H),
-    added in the gate math: a thread starts on the half holding its own units, whose
+    The recurrent product is two partial sums, over h's units [0, H/2) and [H/2, H), the
+    second added onto the first: a thread starts on the half holding its own units, whose
     states it has just written, while the other threads finish theirs (with two threads
     the wait for the other one's states is hidden behind half a product). The halves do
-    not depend on the thread count, and a + b == b + a: the same bits in any order."""
+    not depend on the thread count, and a + b == b + a: the same bits in either order."""
     u0, u1 = units[k], units[k + 1]
     nu = u1 - u0
     steps, batch, g4 = gates.shape
@@ -1259,31 +1271,30 @@ def _lstm_fwd_units(x, w_ih, xp, w_hh, bias, hs, cs, gates, y, lengths, mask, re
     half = hidden // 2
     first = (0, half) if u0 < half else (half, hidden)      # the half holding u0
     second = (half, hidden) if u0 < half else (0, half)
-    gh = np.empty((2, ap.shape[1] * mr, npan * nr), gates.dtype)   # partial products, by half
-    own, other = (0, 1) if u0 < half else (1, 0)
-    z = np.empty(4 * nu, gates.dtype)
-    tc = np.empty(nu, gates.dtype)
+    gh = np.empty((ap.shape[1] * mr, npan * nr), gates.dtype)      # the recurrent product
+    z = np.empty((4, batch, nu), gates.dtype)
+    tc = np.empty((batch, nu), gates.dtype)
     _pack_states(hs[steps if reverse else 0], mask, ap[0], u0, u1)
     _signal(flags, k, 1)
     _wait_for(flags, units, first[0], first[1], 1)
-    v = _product(ap[0], wk, npan, gh[own], first[0], first[1], v, tab, apx, xpan, g2, tiles, hidden, u0, nu,
+    v = _product(ap[0], wk, npan, gh, first[0], first[1], False, v, tab, apx, xpan, g2, tiles, hidden, u0, nu,
                  kcp)
     for s in range(steps):
         t, tin, tout = _forward_slots(s, steps, reverse)
         _prefetch_rows(gates[t], y[t], cs[tout], hs[tout], 4, hidden, u0, u1)
         _wait_for(flags, units, second[0], second[1], s + 1)
-        v = _product(ap[s % 2], wk, npan, gh[other], second[0], second[1], v, tab, apx, xpan, g2, tiles, hidden,
+        v = _product(ap[s % 2], wk, npan, gh, second[0], second[1], True, v, tab, apx, xpan, g2, tiles, hidden,
                      u0, nu, kcp)
         if m > 0:           # rows this step needs and no unit has made yet
             v = _units_alone(v, _units_needed(t, batch, tab, apx, reverse), tab, apx, xpan, g2, tiles, hidden,
                              u0, nu, kcp)
-        _lstm_cells(gates[t], gh[0], gh[1], bias, cs[tin], cs[tout], hs[tout], y[t], hidden, u0, u1, z, tc)
+        _lstm_cells(gates[t], gh, bias, cs[tin], cs[tout], hs[tout], y[t], hidden, u0, u1, z, tc)
         _carry_rows(hs, cs, y, lengths, t, tin, tout, u0, u1)
         if s + 1 < steps:
             _pack_states(hs[tout], mask, ap[(s + 1) % 2], u0, u1)
             _signal(flags, k, s + 2)
             _wait_for(flags, units, first[0], first[1], s + 2)
-            v = _product(ap[(s + 1) % 2], wk, npan, gh[own], first[0], first[1], v, tab, apx, xpan, g2, tiles,
+            v = _product(ap[(s + 1) % 2], wk, npan, gh, first[0], first[1], False, v, tab, apx, xpan, g2, tiles,
                          hidden, u0, nu, kcp)
 
 
@@ -1407,7 +1418,7 @@ def _lstm_bwd_units(dy, dh, dc, cs, gates, w_hh, dgt, dbias, lengths, mask, reve
             _prefetch_rows(gates[tn], dy[tn], cs[tnin], cs[tnout], 4, hidden, u0, u1)
             if batch * dgt.itemsize >= 64:    # a cache line or more per row of dgt and step
                 _prefetch_cols(dgt, tn * batch, batch, 4, hidden, u0, u1)
-        _panel_product(ap[s % 2], wk, npan, dhr, 0, wk.shape[1])
+        _panel_product(ap[s % 2], wk, npan, dhr, 0, wk.shape[1], False)
         _add_recurrent_units(dh, dhr, mask, lengths, t, u0, u1)
 
 
