@@ -15,7 +15,7 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 def _dtypes(dtype):
     if dtype is None:
         return None
-    if dtype == "float":
+    if isinstance(dtype, str) and dtype == "float":     # (np.dtype("float64") == "float" too)
         return FLOAT_DTYPES
     if isinstance(dtype, (tuple, list)):
         return tuple(np.dtype(d) for d in dtype)
@@ -53,7 +53,7 @@ def _ndarray_ok(a, ndim, dtype, shape, contiguous):
     """Whether a numpy array passes check_array (which then has nothing to say)."""
     if ndim is not None and a.ndim != ndim:
         return False
-    if dtype == "float":
+    if isinstance(dtype, str) and dtype == "float":
         if a.dtype not in FLOAT_DTYPES:
             return False
     elif dtype is not None:

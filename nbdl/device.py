@@ -57,7 +57,7 @@ def cuda_device_count():
 
 def normalize(device):
     """Canonical device string: "cpu" or "cuda:N". Raises on anything else."""
-    if device == "cpu":
+    if type(device) is str and device == "cpu":
         return device               # the common case first: every Tensor asks
     if device is None:
         return get_default_device()

@@ -536,33 +536,44 @@ def test_cpu_lstm_projection_inside_the_time_loop(rng, dtype, monkeypatch):
     with fewer rows, reverse. Against the numpy reference, the same bits on one thread
     and shared, and the same values as the separate projection (larger batches, longer inputs)."""
     from nbdl.kernels.rnn import cpu
-    for steps, batch, inputs, hidden in [(37, 1, 70, 50), (23, 2, 130, 64), (19, 1, 300, 16), (9, 2, 2, 33)]:
+    # (steps, batch, inputs, hidden): several unit groups, I << H and I >> H, gates cut
+    # across panels, a partial last row block, unequal shares cut at cache lines (H = 200),
+    # H = 1, and no input features at all
+    for steps, batch, inputs, hidden in [(37, 1, 70, 50), (23, 2, 130, 64), (19, 1, 300, 16), (9, 2, 2, 33),
+                                         (21, 1, 5, 200), (6, 2, 3, 1), (5, 1, 0, 24)]:
         w = [(rng.standard_normal(s) / np.sqrt(hidden)).astype(dtype)
              for s in ((4 * hidden, inputs), (4 * hidden, hidden), (4 * hidden,), (4 * hidden,))]
         x = rng.standard_normal((steps, batch, inputs)).astype(dtype)
         h0, c0 = (rng.standard_normal((batch, hidden)).astype(dtype) for _ in range(2))
+        lengths = np.array([steps, max(1, steps - 4)][:batch])
+        mask = (rng.random((batch, hidden)) > 0.3).astype(dtype) / dtype(0.7)
         tol = 1e-12 if dtype == np.float64 else 2e-5
+        if cpu._barrier_threads() > 1 and hidden >= 16:      # the shared run below really shares
+            assert len(cpu._plan(batch, hidden, hidden, 4, 1 << 62, dtype).units) > 2
         for reverse in (False, True):
+            kw = dict(reverse=reverse, lengths=lengths, mask=mask)
             monkeypatch.setattr(cpu, "_PARALLEL_WORK", 1 << 62)
-            one = cpu.lstm_forward(x, h0, c0, *w, reverse=reverse)
+            one = cpu.lstm_forward(x, h0, c0, *w, **kw)
             monkeypatch.setattr(cpu, "_PARALLEL_WORK", 0)
-            shared = cpu.lstm_forward(x, h0, c0, *w, reverse=reverse)
+            shared = cpu.lstm_forward(x, h0, c0, *w, **kw)
             for u, v in zip(one, shared):
                 assert np.array_equal(u, v)
             # the same sequence as rows of a batch of 3 (separate projection, MR-row blocks)
-            x3 = np.ascontiguousarray(np.concatenate([x, x[:, :1], x[:, :1]], axis=1)[:, :3])
-            h3, c3 = (np.ascontiguousarray(np.concatenate([a, a[:1], a[:1]])[:3]) for a in (h0, c0))
-            y3 = cpu.lstm_forward(x3, h3, c3, *w, reverse=reverse)[0]
+            x3, h3, c3, m3 = (np.ascontiguousarray(np.concatenate([a, a, a], axis=a.ndim - 2)[..., :3, :])
+                              for a in (x, h0, c0, mask))
+            l3 = np.concatenate([lengths, lengths, lengths])[:3]
+            y3 = cpu.lstm_forward(x3, h3, c3, *w, reverse=reverse, lengths=l3, mask=m3)[0]
             np.testing.assert_allclose(shared[0], y3[:, :batch], rtol=tol, atol=tol)
             monkeypatch.setattr(cpu, "_PROJ_MAX", -1)         # long inputs: the separate projection
-            np.testing.assert_allclose(cpu.lstm_forward(x, h0, c0, *w, reverse=reverse)[0], shared[0],
-                                       rtol=tol, atol=tol)
+            np.testing.assert_allclose(cpu.lstm_forward(x, h0, c0, *w, **kw)[0], shared[0], rtol=tol, atol=tol)
             monkeypatch.undo()
             if reverse:
                 continue
             ref_y, ref_h, ref_c = np_rnn("lstm", x.astype(np.float64), [tuple(a.astype(np.float64) for a in w)],
-                                         h0[None].astype(np.float64), c0[None].astype(np.float64))
+                                         h0[None].astype(np.float64), c0[None].astype(np.float64),
+                                         lengths=lengths, masks=[mask.astype(np.float64)])
             np.testing.assert_allclose(shared[0], ref_y, rtol=tol, atol=tol)
+            np.testing.assert_allclose(shared[1], ref_h[0], rtol=tol, atol=tol)
             np.testing.assert_allclose(shared[2], ref_c[0], rtol=tol, atol=tol)
 
 

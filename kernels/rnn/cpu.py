@@ -12,15 +12,17 @@ and sums the bias gradient inside the time loop.
 LSTM time loops (forward and backward through time): one ``@njit`` call runs the whole
 loop, so no step pays Python's call overhead (at B=1 a step takes about 1.5
 microseconds). The threads share a step by hidden units: thread k owns units
-[u_k, u_k+1) of every gate for all batch rows (cut at cache lines), keeps its slice of
+[u_k, u_k+1) of every gate for all batch rows (cut at cache lines where the rows are
+long enough), keeps its slice of
 W_hh packed for the micro-kernel (in its own core's cache from step to step), computes
 the recurrent product and the gate math of its units, and waits for the other threads'
 states through spin-wait counters (see "time loops shared among threads" below). The
 forward's product is two partial sums over fixed halves of h, the thread's own half
 first, so the wait for the other threads' states overlaps half a product. Batches of one
 or two rows use a one-row block (a matrix-vector product, bound by the cache bandwidth
-for W_hh), and their threads compute the input projection inside the loop, alongside
-the product (see "the input projection inside the time loop").
+for W_hh), and for inputs up to _PROJ_MAX values their threads compute the input
+projection inside the loop, alongside the product (see "the input projection inside
+the time loop").
 
 Vanilla RNN and GRU time loops cut the batch into contiguous row blocks, one per
 thread, each running all T steps with no barrier; a step is the recurrent product
@@ -304,15 +306,16 @@ def _pack_run(w, row0, n, wp, p, j0):
     """wp[p, l, j0 + i] = w[row0 + i, l] for i < n and every l < K: n rows of w (.., K),
     C-contiguous, become n columns of panel p of wp (P, K, NR). Whole lanes x lanes tiles
     are transposed in registers (transpose_tile); the edges element by element."""
-    k = w.shape[1]
+    lds = w.shape[1]
+    k = min(lds, wp.shape[1])
     nr = wp.shape[2]
     lanes_ = _VECTOR_BYTES // w.itemsize
     n_full = n - n % lanes_
     k_full = k - k % lanes_
-    base = p * k * nr + j0
+    base = p * wp.shape[1] * nr + j0
     for i0 in range(0, n_full, lanes_):
         for l0 in range(0, k_full, lanes_):
-            transpose_tile(w, (row0 + i0) * k + l0, k, wp, base + l0 * nr + i0, nr)
+            transpose_tile(w, (row0 + i0) * lds + l0, lds, wp, base + l0 * nr + i0, nr)
     for i in range(n):
         src = w[row0 + i]
         l_start = k_full if i < n_full else 0
@@ -619,10 +622,12 @@ def _add_recurrent_grad(dh, dhr, mask, r0, lengths, t):
 # The operand of the next product goes into micro-kernel row panels as it is made (the
 # state times the dropout mask forward; backward, the pre-activation gradients, copied
 # from their transposed store in runs of mr values), double-buffered: a thread writes
-# buffer (s+1) % 2 only after every thread has published step s (so has finished
-# reading buffer (s+1) % 2 = (s-1) % 2), and no thread can get two steps ahead of another.
-# Arrays the threads write side by side start on a cache line, and the unit ranges end on
-# one, so no line is written by two cores.
+# buffer (s+1) % 2 only after every thread has published the state entering step s
+# (count s + 1: it has finished reading buffer (s+1) % 2 = (s-1) % 2), and no thread can
+# get two steps ahead of another. The states, outputs and gates the threads write side by
+# side start on a cache line and the unit ranges end on one where H fills whole lines, so
+# the threads' writes to them then share no line (the bias-gradient sums of the backward
+# and the gates made by the separate projection of larger batches are not so arranged).
 
 _FLAG_STRIDE = 16      # int64 slots between two threads' step counters (separate cache lines)
 _SPINS = 1000          # polls of a counter before each further poll first yields the core
@@ -850,7 +855,7 @@ def _fill_par(a):
 
 class _Plan:
     """How a time loop runs: one thread per unit range (``units``), row blocks of height
-    mr (1 for one or two batch rows: matrix-vector products; else MR) against weight
+    mr (1 for one or two batch rows: matrix-vector products; 8 or MR) against weight
     panels nr wide, and the buffers the threads share: the row panels ap (2, nblk, K, mr)
     (zero rows past the batch), the weight panels wp (threads, P, K, nr), each thread
     packing its own, and the step counters. Built once per shape and Python thread (see
@@ -899,7 +904,7 @@ def _plan(batch, hidden, k, per_unit, work, dtype):
     plans = _workspace.__dict__.setdefault("plans", {})
     plan = plans.get(key)
     if plan is None:
-        if len(plans) >= 64:
+        if len(plans) >= 16:        # each holds its row panels
             plans.clear()
         plan = plans[key] = _Plan(batch, hidden, k, per_unit, n, dtype)
     return plan
@@ -1085,22 +1090,36 @@ def _prefetch_rows(g, y, c, h, gates, hidden, u0, u1):
 # unit (gemm_pair: the two interleaved in one loop). The units go in the order the steps
 # need their rows, and before a step's gate math any unit its rows still lack runs alone.
 
-_PROJ_MR = 4 if NV == 4 else 2         # rows of a unit: 8 + 4 * NV accumulators with the
-                                       # matrix-vector block's 8, inside the vector registers
+_PROJ_MR = 4 if NV == 4 else 2         # rows of a unit: _PROJ_MR * NV accumulators (16, or
+                                       # 4 with AVX2) next to the matrix-vector block's 8
 _PROJ_GROUP = 4                        # row blocks sharing each chunk of W_ih panel
 _PROJ_MAX = 1 << 22                    # inputs (T*B*I values) up to which it is done so: each
                                        # thread packs all of x (a copy per thread)
+_PROJ_UNITS = 1 << 16                  # and units per thread (a table row each)
 _proj_block = make_gemm_block(_PROJ_MR, NV)
 _pair_full = make_gemm_pair(1, _GEMV_NV, _PROJ_MR, NV)
 _pair_half = make_gemm_pair(1, _GEMV_NV // 2, _PROJ_MR, NV)
 
 
-@njit(inline="always")
-def _proj_chunk(hidden):
+def _proj_chunk_of(hidden):
     """Input features per unit: a unit's multiply-adds about those of the matrix-vector
     block it runs with (half of h: H/2 rows of 8 vectors). A function of the shape only,
     so the bits do not depend on the thread count."""
     return max(8, hidden * _GEMV_NV // (2 * _PROJ_MR * NV))
+
+
+_proj_chunk = njit(inline="always")(_proj_chunk_of)
+
+
+def _in_loop_projection(plan, x, hidden):
+    """Whether the time loop's threads compute x W_ih^T (batches of one or two rows, a
+    non-empty input of at most _PROJ_MAX values, a unit table of at most _PROJ_UNITS rows)."""
+    steps, batch, inputs = x.shape
+    if plan.mr != 1 or not 0 < x.size <= _PROJ_MAX:
+        return False
+    units = -(-steps * batch // _PROJ_MR) * -(-plan.cols // block_cols(x.itemsize)) * \
+        -(-inputs // _proj_chunk_of(hidden))
+    return units <= _PROJ_UNITS
 
 
 @njit(**_JIT)
@@ -1136,11 +1155,11 @@ def _unit_table(nrb, npx, nch, m, mr, nr, hidden, u0, nu, reverse):
 @njit(inline="always")
 def _unit(v, tab, apx, xpan, g2, tiles, kcp):
     """Operands of projection unit v (see _unit_table): (a, b, out, accumulate, done,
-    direct, r0, rows, c0, tile). The projection's arguments (tab, apx, xpan, g2, tiles,
-    hidden, u0, nu, kcp): the unit table, x's rows packed in blocks (nrb, I, _PROJ_MR),
-    the thread's W_ih panels (npx, I, NR), the gates (T*B, 4H), the tiles, the sizes.
-    (Passed one by one: a tuple of arrays
-    measured 0.3 us slower per step.)"""
+    direct, r0, rows, c0, tile). The projection's arrays, here and in the functions
+    below: the unit table tab, x's rows packed in blocks apx (nrb, I, _PROJ_MR), the
+    thread's W_ih panels xpan (npx, I, NR), the gates g2 (T*B, 4H), the tiles; kcp the
+    chunk of input features. (Passed one by one: as a tuple of arrays the loop measured
+    slower.)"""
     k = apx.shape[1]
     mr = apx.shape[2]
     nr = xpan.shape[2]
@@ -1234,10 +1253,9 @@ def _product(ap, wp, npan, out, lo, hi, acc, v, tab, apx, xpan, g2, tiles, hidde
 def _lstm_fwd_units(x, w_ih, xp, w_hh, bias, hs, cs, gates, y, lengths, mask, reverse, ap, wp, flags, units, k):
     """Thread k's share of the forward: units [units[k], units[k+1]) of every gate, all rows.
     gates (T, B, 4H) holds x W_ih^T on entry, the gate activations on return; or, when x
-    (T, B, I) is not empty, the thread first computes its own columns of x W_ih^T (xp:
-    scratch panels (threads, P, I, NR)): small batches, where the projection is short
-    and a separate parallel region and the gates' trip to the other core's cache cost
-    more.
+    (T, B, I) is not empty (batches of one or two rows, see _in_loop_projection), the
+    thread computes its own columns of x W_ih^T inside the loop, in units run alongside
+    the recurrent product (xp: scratch for its W_ih panels (threads, P, I, NR)).
 
     The recurrent product is two partial sums, over h's units [0, H/2) and [H/2, H), the
     second added onto the first: a thread starts on the half holding its own units, whose
@@ -1729,7 +1747,7 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse=False, lengths=None,
     y = _empty((steps, batch, hidden), dtype)
     bias = _bias_sum(b_ih, b_hh, 4 * hidden, dtype)[0]
     plan = _plan(batch, hidden, hidden, 4, steps * batch * 4 * hidden * hidden, dtype)
-    if plan.mr == 1 and x.size <= _PROJ_MAX:      # one or two rows: the loop's threads project x too
+    if _in_loop_projection(plan, x, hidden):        # one or two rows: the loop's threads project x too
         gates = _empty((steps, batch, 4 * hidden), dtype)
         x, w_ih = np.ascontiguousarray(x), np.ascontiguousarray(w_ih)
         xp = plan.input_panels(x.shape[2])
