@@ -26,7 +26,8 @@ column matrix is never built). Small helpers in the same style move the data aro
 block: whole-vector copies (``copy_vectors``), the bias-adding store of a finished block
 with a masked tail and optional non-temporal stores (``add_scalar_store``,
 ``store_fence``), write prefetches (``prefetch_for_write``) and register transposes of
-square tiles (``transpose_tile``, for packing transposed weights).
+square tiles (``transpose_tile``, for packing transposed weights). Matrix-vector blocks
+can prefetch their panel rows ahead (``ahead=``).
 """
 import numpy as np
 from llvmlite import ir
@@ -67,14 +68,15 @@ def block_cols(itemsize, nv=NV):
 _BLOCKS = {}
 
 
-def make_gemm_block(mr, nv, rows=False):
+def make_gemm_block(mr, nv, rows=False, ahead=0):
     """The micro-kernel intrinsic for an mr x (nv vectors) register block (one per shape).
     ``gemm_block`` (MR x NV) suits GEMMs; a single row (mr=1, nv=8: eight accumulators to
     cover the multiply-add latency) suits matrix-vector products. ``rows=True`` gives the
-    variant that reads B's rows in place (see ``gemm_block_rows``)."""
-    key = (mr, nv, rows)
+    variant that reads B's rows in place (see ``gemm_block_rows``). ``ahead`` > 0: each
+    step also prefetches B's row that many rows on (see ``_Block.prefetch``)."""
+    key = (mr, nv, rows, ahead)
     if key not in _BLOCKS:
-        _BLOCKS[key] = _gemm_block_rows_intrinsic(mr, nv) if rows else _gemm_block_intrinsic(mr, nv)
+        _BLOCKS[key] = _gemm_block_rows_intrinsic(mr, nv) if rows else _gemm_block_intrinsic(mr, nv, ahead)
     return _BLOCKS[key]
 
 
@@ -120,6 +122,21 @@ class _Block:
             for v in range(self.NV):
                 b.store(b.call(self.fma, [splat, bvec[v], b.load(self.accs[i][v])]), self.accs[i][v])
 
+    def prefetch(self, brow):
+        """Ask for the cache lines of a B row (brow: a pointer) before they are read.
+
+        A matrix-vector product streams its matrix from L2 and uses each line once;
+        the hardware prefetcher alone kept ~115 GB/s of it coming on one core here, and
+        a prefetch 8 rows (2-4 KiB) ahead ~160 (a plain sum read ~170). The address may
+        lie past B's end: a prefetch never faults."""
+        b, i64, i32 = self.builder, ir.IntType(64), ir.IntType(32)
+        i8p = ir.IntType(8).as_pointer()
+        pf = cgutils.get_or_insert_function(
+            b.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0")
+        for v in range(0, self.NV * self.W, 64 // self.itemsize):
+            b.call(pf, [b.bitcast(b.gep(brow, [ir.Constant(i64, v)]), i8p), ir.Constant(i32, 0),
+                        ir.Constant(i32, 3), ir.Constant(i32, 1)])
+
     def store(self, c_data, ldc, acc_flag):
         """c[i*ldc + v*W ...] (+)= acc[i][v]."""
         b, W, i64 = self.builder, self.W, ir.IntType(64)
@@ -136,12 +153,14 @@ class _Block:
                         b.store(val, p, align=self.itemsize)
 
 
-def _emit_block(context, builder, MR, NV, fty, L, a_row, b_row, c_data, ldc, acc_flag):
+def _emit_block(context, builder, MR, NV, fty, L, a_row, b_row, c_data, ldc, acc_flag, ahead=0):
     """The IR of one block: for l < L, for i < MR, v < NV: acc[i][v] += A_l[i] * B_l[v*W:(v+1)*W],
     where a_row(l), b_row(l) are pointers to row l of A and B; then c[i*ldc + v*W ...] (+)=
-    acc[i][v]."""
+    acc[i][v]. ahead > 0: step l also prefetches B's row l + ahead."""
     block = _Block(context, builder, MR, NV, fty)
     with cgutils.for_range(builder, L) as loop:
+        if ahead:
+            block.prefetch(b_row(builder.add(loop.index, ir.Constant(ir.IntType(64), ahead))))
         block.step(a_row(loop.index), b_row(loop.index))
     block.store(c_data, ldc, acc_flag)
 
@@ -162,7 +181,7 @@ def _offset_rows(builder, base, offsets):
     return lambda l: builder.gep(base, [builder.load(builder.gep(offsets, [l]))])
 
 
-def _gemm_block_intrinsic(MR, NV):
+def _gemm_block_intrinsic(MR, NV, ahead=0):
     @intrinsic
     def gemm_block(typingctx, a, b, c, accumulate):
         """gemm_block(a, b, c, accumulate): c[i, j] = (c[i, j] if accumulate else 0) +
@@ -189,7 +208,7 @@ def _gemm_block_intrinsic(MR, NV):
             a_row = _strided_rows(builder, av.data, _row_stride(context, builder, a_ty, av))
             b_row = _strided_rows(builder, bv.data, ir.Constant(ir.IntType(64), NR))
             _emit_block(context, builder, MR, NV, fty, L, a_row, b_row, cv.data,
-                        _row_stride(context, builder, c_ty, cv), args[3])
+                        _row_stride(context, builder, c_ty, cv), args[3], ahead)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -197,16 +216,17 @@ def _gemm_block_intrinsic(MR, NV):
     return gemm_block
 
 
-def make_gemm_pair(mr1, nv1, mr2, nv2):
+def make_gemm_pair(mr1, nv1, mr2, nv2, ahead=0):
     """An intrinsic running two independent register blocks in one loop (see
-    ``gemm_pair``); one per pair of shapes."""
-    key = ("pair", mr1, nv1, mr2, nv2)
+    ``gemm_pair``); one per pair of shapes. ``ahead`` > 0: the first block prefetches its
+    B rows that many rows on (see ``_Block.prefetch``)."""
+    key = ("pair", mr1, nv1, mr2, nv2, ahead)
     if key not in _BLOCKS:
-        _BLOCKS[key] = _gemm_pair_intrinsic(mr1, nv1, mr2, nv2)
+        _BLOCKS[key] = _gemm_pair_intrinsic(mr1, nv1, mr2, nv2, ahead)
     return _BLOCKS[key]
 
 
-def _gemm_pair_intrinsic(MR1, NV1, MR2, NV2):
+def _gemm_pair_intrinsic(MR1, NV1, MR2, NV2, ahead=0):
     @intrinsic
     def gemm_pair(typingctx, a, b, c, acc, a2, b2, c2, acc2):
         """gemm_pair(a, b, c, acc, a2, b2, c2, acc2): gemm_block(a, b, c, acc) with an
@@ -239,11 +259,15 @@ def _gemm_pair_intrinsic(MR1, NV1, MR2, NV2):
             (ar1, br1, L1), (ar2, br2, L2) = rows
             both = builder.select(builder.icmp_signed("<", L1, L2), L1, L2)
             with cgutils.for_range(builder, both) as loop:
+                if ahead:
+                    blocks[0].prefetch(br1(builder.add(loop.index, ir.Constant(i64, ahead))))
                 blocks[0].step(ar1(loop.index), br1(loop.index))
                 blocks[1].step(ar2(loop.index), br2(loop.index))
-            for block, (ar, br, L) in zip(blocks, rows):
+            for k, (block, (ar, br, L)) in enumerate(zip(blocks, rows)):
                 with cgutils.for_range(builder, builder.sub(L, both)) as loop:
                     l = builder.add(loop.index, both)
+                    if ahead and k == 0:
+                        block.prefetch(br(builder.add(l, ir.Constant(i64, ahead))))
                     block.step(ar(l), br(l))
             for k, block in enumerate(blocks):
                 cv = arrs[4 * k + 2]

@@ -458,6 +458,32 @@ def test_kernel_argument_checks():
         K.lstm_backward(y, hn, cn, x, w_ih, w_hh, hs, cs, gates[:1])
 
 
+def test_kernel_forward_check_fast_path_accepts_only_what_the_checks_accept():
+    """check_forward skips its checks when _forward_ok holds: every bad variant fails
+    _forward_ok (and is then rejected by the checks)."""
+    from nbdl.kernels.rnn import _forward_ok, check_forward
+    f = np.float32
+    good = dict(x=np.zeros((2, 1, 3), f), h0=np.zeros((1, 4), f), c0=np.zeros((1, 4), f),
+                w_ih=np.zeros((16, 3), f), w_hh=np.zeros((16, 4), f), b_ih=np.zeros(16, f), b_hh=None,
+                mask=None)
+    assert _forward_ok(4, **good)
+    assert check_forward("op", "lstm", **good) == (2, 1, 3, 4, np.dtype(f))
+    bad = {"x": [np.zeros((2, 1, 3)), np.zeros((2, 3), f), np.zeros((2, 1, 6), f)[:, :, ::2],
+                 np.zeros((0, 1, 3), f), np.zeros((2, 1, 3), np.int32)],
+           "h0": [None, np.zeros((2, 4), f), np.zeros((1, 4)), np.zeros((1, 8), f)[:, ::2]],
+           "c0": [np.zeros((1, 5), f)],
+           "w_ih": [np.zeros((16, 2), f), np.zeros((12, 3), f), np.zeros((3, 16), f).T],
+           "w_hh": [np.zeros((12, 4), f), np.zeros((16, 4)), np.zeros((16, 4), f).tolist()],
+           "b_ih": [np.zeros(12, f), np.zeros(16)], "b_hh": [np.zeros((1, 16), f)],
+           "mask": [np.zeros((1, 3), f), np.zeros((1, 4))]}
+    for name, values in bad.items():
+        for value in values:
+            args = dict(good, **{name: value})
+            assert not _forward_ok(4, **args), (name, value)
+            with pytest.raises((TypeError, ValueError)):
+                check_forward("op", "lstm", **args)
+
+
 # --- CPU internals: packed GEMMs and time loops shared among threads --------------------------
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

@@ -148,6 +148,32 @@ def test_gemm_pair_gives_the_bits_of_two_blocks(dtype, rng):
             np.testing.assert_allclose(c2, (0 if acc else start2) + a2.T.astype(np.float64) @ b2, **tol)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_prefetching_blocks_give_the_same_bits(dtype, rng):
+    """ahead > 0 only adds prefetches (some past the panel's end): same results."""
+    plain, ahead = make_gemm_block(1, 8), make_gemm_block(1, 8, ahead=4)
+    pair, pair_ahead = make_gemm_pair(1, 8, 4, NV), make_gemm_pair(1, 8, 4, NV, ahead=4)
+
+    @njit
+    def blocks(a, b, c, c_ahead, a2, b2, c2, c2_ahead):
+        plain(a, b, c, False)
+        ahead(a, b, c_ahead, False)
+        pair(a, b, c, True, a2, b2, c2, False)
+        pair_ahead(a, b, c_ahead, True, a2, b2, c2_ahead, False)
+
+    W = lanes(np.dtype(dtype).itemsize)
+    for L in (1, 3, 64):
+        a, b = _panels(rng, dtype, L, 1, 8 * W)
+        a2, b2 = _panels(rng, dtype, L + 2, 4, NV * W)
+        c, c_ahead = np.empty((1, 8 * W), dtype), np.empty((1, 8 * W), dtype)
+        c2, c2_ahead = np.empty((4, NV * W), dtype), np.empty((4, NV * W), dtype)
+        blocks(a, b, c, c_ahead, a2, b2, c2, c2_ahead)
+        np.testing.assert_array_equal(c_ahead, c)
+        np.testing.assert_array_equal(c2_ahead, c2)
+        tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(c, 2 * (a.T.astype(np.float64) @ b), **tol)
+
+
 def test_check_cache_detects_kernels_cached_with_another_block_shape():
     """A kernel module whose cached code reports another block width: its disk cache is
     cleared and the error asks for a restart; a matching one passes."""

@@ -47,6 +47,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from nbdl.kernels._fastmath import FASTMATH, FASTMATH_REDUCE, sigmoid, tanh
+from nbdl.kernels._views import keep_alive, unmanaged
 from nbdl.kernels._simd import MR, NV, VECTOR_BYTES as _VECTOR_BYTES, block_cols, check_cache, \
     compiled_block_cols, gemm_block, lanes, make_gemm_block, make_gemm_pair, prefetch_for_write, transpose_tile
 from nbdl.kernels.rnn import (check_backward, check_forward, check_lengths, check_mask_args,
@@ -633,8 +634,10 @@ _FLAG_STRIDE = 16      # int64 slots between two threads' step counters (separat
 _SPINS = 1000          # polls of a counter before each further poll first yields the core
 _GEMV_NV = 8           # vectors per row of the one-row block (8 accumulators cover the
                        # multiply-add latency); used for batches of one or two rows
-_gemv_block = make_gemm_block(1, _GEMV_NV)
-_gemv_half = make_gemm_block(1, _GEMV_NV // 2)   # for thread slices under 8 vectors wide
+_AHEAD = 2048          # bytes of weight panel a matrix-vector block prefetches ahead of its reads
+# the one-row blocks: 8 vectors, or 4 for thread slices under 8 vectors wide
+_gemv_block = make_gemm_block(1, _GEMV_NV, ahead=_AHEAD // (_GEMV_NV * _VECTOR_BYTES))
+_gemv_half = make_gemm_block(1, _GEMV_NV // 2, ahead=2 * _AHEAD // (_GEMV_NV * _VECTOR_BYTES))
 _MR8 = 8 if NV == 4 else 0     # an 8 x 3-vector block (24 accumulators, AVX-512 only): a batch
                                # of 8k rows without the padding rows of MR = 6 (-8% at B=32)
 _gemm8_block = make_gemm_block(8, 3)
@@ -1092,13 +1095,13 @@ def _prefetch_rows(g, y, c, h, gates, hidden, u0, u1):
 
 _PROJ_MR = 4 if NV == 4 else 2         # rows of a unit: _PROJ_MR * NV accumulators (16, or
                                        # 4 with AVX2) next to the matrix-vector block's 8
-_PROJ_GROUP = 4                        # row blocks sharing each chunk of W_ih panel
+_PROJ_GROUP = 4                        # row blocks sharing each chunk of W_ih panel (a power of 2)
 _PROJ_MAX = 1 << 22                    # inputs (T*B*I values) up to which it is done so: each
                                        # thread packs all of x (a copy per thread)
 _PROJ_UNITS = 1 << 16                  # and units per thread (a table row each)
 _proj_block = make_gemm_block(_PROJ_MR, NV)
-_pair_full = make_gemm_pair(1, _GEMV_NV, _PROJ_MR, NV)
-_pair_half = make_gemm_pair(1, _GEMV_NV // 2, _PROJ_MR, NV)
+_pair_full = make_gemm_pair(1, _GEMV_NV, _PROJ_MR, NV, ahead=_AHEAD // (_GEMV_NV * _VECTOR_BYTES))
+_pair_half = make_gemm_pair(1, _GEMV_NV // 2, _PROJ_MR, NV, ahead=2 * _AHEAD // (_GEMV_NV * _VECTOR_BYTES))
 
 
 def _proj_chunk_of(hidden):
@@ -1122,11 +1125,25 @@ def _in_loop_projection(plan, x, hidden):
     return units <= _PROJ_UNITS
 
 
+@njit(inline="always")
+def _group_end(pos, nrb):
+    """The end of the group of row blocks holding position pos (in the order the blocks
+    run). Groups end at 1, 2, 4, ... up to _PROJ_GROUP (a power of two), then every
+    _PROJ_GROUP blocks: the first steps need their rows before the units run alongside
+    the product can have made them, and a whole group's units finish together."""
+    if pos >= _PROJ_GROUP:
+        return min(nrb, (pos // _PROJ_GROUP + 1) * _PROJ_GROUP)
+    end = 1
+    while end <= pos:
+        end *= 2
+    return min(end, nrb)
+
+
 @njit(**_JIT)
 def _unit_table(nrb, npx, nch, m, mr, nr, hidden, u0, nu, reverse):
     """The projection units in the order they run: rows (row block, panel, chunk, column
     of the gates' block or -1 for the tile, index of the tile). Units go group by group
-    of _PROJ_GROUP row blocks (the last group first in reverse); inside a group, panel by
+    of row blocks (see _group_end; the last rows first in reverse); inside a group, panel by
     panel and chunk by chunk, the group's row blocks in turn, so a chunk of W_ih panel
     comes from L2 once and serves the group from L1. A unit writes into the gates where
     the panel's columns are one run of one gate and the block has all its rows, else into
@@ -1134,8 +1151,9 @@ def _unit_table(nrb, npx, nch, m, mr, nr, hidden, u0, nu, reverse):
     cost more than a unit's arithmetic in the loop."""
     tab = np.empty((nrb * npx * nch, 5), np.int64)
     v = 0
-    for g0 in range(0, nrb, _PROJ_GROUP):
-        size = min(_PROJ_GROUP, nrb - g0)
+    g0 = 0
+    while g0 < nrb:
+        size = _group_end(g0, nrb) - g0
         for p in range(npx):
             c0 = p * nr
             q = c0 // nu
@@ -1149,6 +1167,7 @@ def _unit_table(nrb, npx, nch, m, mr, nr, hidden, u0, nu, reverse):
                     tab[v, 3] = q * hidden + u0 + c0 - q * nu if direct else -1
                     tab[v, 4] = i
                     v += 1
+        g0 += size
     return tab
 
 
@@ -1235,8 +1254,8 @@ def _units_needed(t, batch, tab, apx, reverse):
     the one holding step t's rows (in the units' order)."""
     nrb, mr = apx.shape[0], apx.shape[2]
     per_block = tab.shape[0] // max(nrb, 1)
-    bi = nrb - 1 - (t * batch) // mr if reverse else ((t + 1) * batch - 1) // mr
-    return min(nrb, (bi // _PROJ_GROUP + 1) * _PROJ_GROUP) * per_block
+    pos = nrb - 1 - (t * batch) // mr if reverse else ((t + 1) * batch - 1) // mr
+    return _group_end(pos, nrb) * per_block
 
 
 @njit(inline="always")
@@ -1262,36 +1281,46 @@ def _lstm_fwd_units(x, w_ih, xp, w_hh, bias, hs, cs, gates, y, lengths, mask, re
     states it has just written, while the other threads finish theirs (with two threads
     the wait for the other one's states is hidden behind half a product). The halves do
     not depend on the thread count, and a + b == b + a: the same bits in either order."""
+    # views that count no references (see nbdl.kernels._views): the threads slice these
+    # shared arrays at every step
+    x, w_ih, xp, w_hh, bias, hs, cs = (unmanaged(x), unmanaged(w_ih), unmanaged(xp), unmanaged(w_hh),
+                                       unmanaged(bias), unmanaged(hs), unmanaged(cs))
+    gates, y, lengths, mask, ap, wp, flags, units = (unmanaged(gates), unmanaged(y), unmanaged(lengths),
+                                                     unmanaged(mask), unmanaged(ap), unmanaged(wp),
+                                                     unmanaged(flags), unmanaged(units))
     u0, u1 = units[k], units[k + 1]
     nu = u1 - u0
     steps, batch, g4 = gates.shape
     hidden = g4 // 4
+    mr = ap.shape[3]
+    nr = wp.shape[3]
+    npan = -(-4 * (u1 - u0) // nr)
     # the projection (when x is given; else no units): x's rows packed in blocks, this
     # thread's W_ih panels, the unit table
     m = x.shape[0] * x.shape[1]
     nrb = -(-m // _PROJ_MR)
     npx = -(-4 * nu // xp.shape[3]) if m > 0 else 0
     kcp = _proj_chunk(hidden)
-    apx = np.empty((nrb, x.shape[2], _PROJ_MR), gates.dtype)
+    # this thread's buffers, kept alive to the end (their views count no references)
+    own = (np.empty((nrb, x.shape[2], _PROJ_MR), gates.dtype),
+           _unit_table(nrb, npx, -(-x.shape[2] // kcp), m, _PROJ_MR, xp.shape[3], hidden, u0, nu, reverse),
+           np.empty((_PROJ_GROUP, _PROJ_MR, xp.shape[3]), gates.dtype),
+           np.empty((ap.shape[1] * mr, npan * nr), gates.dtype),        # the recurrent product
+           np.empty((4, batch, nu), gates.dtype),                       # gate math scratch
+           np.empty((batch, nu), gates.dtype))
+    apx, tab, tiles, gh = unmanaged(own[0]), unmanaged(own[1]), unmanaged(own[2]), unmanaged(own[3])
+    z, tc = unmanaged(own[4]), unmanaged(own[5])
     xpan = xp[k, :npx]
-    tab = _unit_table(nrb, npx, -(-x.shape[2] // kcp), m, _PROJ_MR, xp.shape[3], hidden, u0, nu, reverse)
     g2 = gates.reshape(steps * batch, g4)
-    tiles = np.empty((_PROJ_GROUP, _PROJ_MR, xp.shape[3]), gates.dtype)
     v = 0                                   # the next projection unit
     if m > 0:
         _pack_rows(x.reshape(m, x.shape[2]), apx, 0, nrb, m)
         _pack_gate_panels(w_ih, 4, u0, u1, xpan)
-    mr = ap.shape[3]
-    nr = wp.shape[3]
-    npan = -(-4 * (u1 - u0) // nr)
     wk = wp[k, :npan]
     _pack_gate_panels(w_hh, 4, u0, u1, wk)
     half = hidden // 2
     first = (0, half) if u0 < half else (half, hidden)      # the half holding u0
     second = (half, hidden) if u0 < half else (0, half)
-    gh = np.empty((ap.shape[1] * mr, npan * nr), gates.dtype)      # the recurrent product
-    z = np.empty((4, batch, nu), gates.dtype)
-    tc = np.empty((batch, nu), gates.dtype)
     _pack_states(hs[steps if reverse else 0], mask, ap[0], u0, u1)
     _signal(flags, k, 1)
     _wait_for(flags, units, first[0], first[1], 1)
@@ -1314,6 +1343,7 @@ def _lstm_fwd_units(x, w_ih, xp, w_hh, bias, hs, cs, gates, y, lengths, mask, re
             _wait_for(flags, units, first[0], first[1], s + 2)
             v = _product(ap[(s + 1) % 2], wk, npan, gh, first[0], first[1], False, v, tab, apx, xpan, g2, tiles,
                          hidden, u0, nu, kcp)
+    keep_alive(own)
 
 
 @njit(parallel=True, **_JIT)
@@ -1410,6 +1440,11 @@ def _lstm_bwd_units(dy, dh, dc, cs, gates, w_hh, dgt, dbias, lengths, mask, reve
     """Thread k's share of the backward: units [u0, u1). dh, dc (B, H): in dL/dh_n,
     dL/dc_n; out dL/dh0, dL/dc0. dgt (4H, T*B): dL/d(pre-activations), column t*B + b
     for row b at step t; dbias (4H,), zero on entry: their sum over steps and rows."""
+    dy, dh, dc, cs, gates, w_hh, dgt = (unmanaged(dy), unmanaged(dh), unmanaged(dc), unmanaged(cs),
+                                        unmanaged(gates), unmanaged(w_hh), unmanaged(dgt))
+    dbias, lengths, mask, ap, wp, flags, units = (unmanaged(dbias), unmanaged(lengths), unmanaged(mask),
+                                                  unmanaged(ap), unmanaged(wp), unmanaged(flags),
+                                                  unmanaged(units))   # see _lstm_fwd_units
     u0, u1 = units[k], units[k + 1]
     steps, batch, hidden = dy.shape
     mr = ap.shape[3]
@@ -1418,9 +1453,10 @@ def _lstm_bwd_units(dy, dh, dc, cs, gates, w_hh, dgt, dbias, lengths, mask, reve
     npan = -(-nu // nr)
     wk = wp[k, :npan]
     _pack_panels(w_hh[:, u0:u1], wk, 0, npan)
-    dhr = np.empty((ap.shape[1] * mr, npan * nr), dy.dtype)
-    tc = np.empty(nu, dy.dtype)
-    d = np.empty((batch, 4 * hidden), dy.dtype)      # this step's gradients (own units only)
+    own = (np.empty((ap.shape[1] * mr, npan * nr), dy.dtype),     # the recurrent product
+           np.empty(nu, dy.dtype),
+           np.empty((batch, 4 * hidden), dy.dtype))                # this step's gradients (own units only)
+    dhr, tc, d = unmanaged(own[0]), unmanaged(own[1]), unmanaged(own[2])
     for s in range(steps):
         t, tin, tout = _backward_slots(s, steps, reverse)
         _lstm_grads(d, gates[t], dy[t], cs[tin], cs[tout], dh, dc, dbias, lengths, t, tc, hidden, u0, u1)
@@ -1438,6 +1474,7 @@ def _lstm_bwd_units(dy, dh, dc, cs, gates, w_hh, dgt, dbias, lengths, mask, reve
                 _prefetch_cols(dgt, tn * batch, batch, 4, hidden, u0, u1)
         _panel_product(ap[s % 2], wk, npan, dhr, 0, wk.shape[1], False)
         _add_recurrent_units(dh, dhr, mask, lengths, t, u0, u1)
+    keep_alive(own)
 
 
 @njit(parallel=True, **_JIT)
