@@ -55,6 +55,7 @@ class RNNBase(Module):
         directions = 2 if bidirectional else 1
         gates = _GATES[mode] * hidden_size
         self._flat_weights_names = []
+        self._weight_names = []             # (w_ih, w_hh, b_ih, b_hh) per layer and direction; None: no bias
         for layer in range(num_layers):
             layer_input = input_size if layer == 0 else hidden_size * directions
             for d in range(directions):
@@ -65,6 +66,8 @@ class RNNBase(Module):
                 for name, shape in shapes:
                     setattr(self, name + suffix, Parameter(nbdl.empty(shape, dtype=dtype, device=device)))
                     self._flat_weights_names.append(name + suffix)
+                names = [name + suffix for name, _ in shapes]
+                self._weight_names.append(tuple(names) if bias else (names[0], names[1], None, None))
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -75,14 +78,9 @@ class RNNBase(Module):
 
     def _layer_weights(self):
         """[(w_ih, w_hh, b_ih, b_hh)] per layer and direction, in PyTorch's order."""
-        out = []
-        for layer in range(self.num_layers):
-            for d in range(2 if self.bidirectional else 1):
-                suffix = f"_l{layer}" + ("_reverse" if d else "")
-                b_ih = getattr(self, "bias_ih" + suffix) if self.bias else None
-                b_hh = getattr(self, "bias_hh" + suffix) if self.bias else None
-                out.append((getattr(self, "weight_ih" + suffix), getattr(self, "weight_hh" + suffix), b_ih, b_hh))
-        return out
+        params = self._parameters          # (getattr goes through Module.__getattr__: ~1 us each)
+        return [tuple(None if n is None else params[n] if n in params else getattr(self, n) for n in names)
+                for names in self._weight_names]
 
     def flatten_parameters(self):
         """A no-op, for code written for PyTorch (there it packs weights for cuDNN)."""

@@ -38,6 +38,8 @@ _GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 # --- argument checks (all before any kernel runs) -----------------------------------
 
 def _check_rate(op, name, p):
+    if type(p) is float and 0.0 <= p < 1.0:
+        return p                    # the common case
     if isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)):
         raise TypeError(f"{op}: {name} must be a number in [0, 1), got {p!r}")
     if not 0.0 <= float(p) < 1.0:
@@ -85,12 +87,15 @@ def _check_weights(op, cell, weights, num_layers, directions, x):
 
 
 def _weights_ok(w, x, hidden, g, layer_input):
-    """Whether one (w_ih, w_hh, b_ih, b_hh) passes every check of _check_weights."""
+    """Whether one (w_ih, w_hh, b_ih, b_hh) passes every check of _check_weights (read
+    from the arrays: the Tensor properties cost more than the comparisons, per call)."""
     want = ((g * hidden, layer_input), (g * hidden, hidden), (g * hidden,), (g * hidden,))
+    dtype, device = x.array.dtype, x.device
     for i, (t, shape) in enumerate(zip(w, want)):
         if t is None and i >= 2:
             continue
-        if not (isinstance(t, Tensor) and t.shape == shape and t.dtype == x.dtype and t.device == x.device):
+        if not (isinstance(t, Tensor) and t.device == device and tuple(t.array.shape) == shape
+                and t.array.dtype == dtype):
             return False
     return True
 
