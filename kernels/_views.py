@@ -16,6 +16,9 @@ array arguments live until it returns; for an array the function allocates itsel
     v = unmanaged(buf)
     ...                  # every use goes through v
     keep_alive((buf,))
+
+Never return or store an unmanaged view (or a view of one): boxed for Python it becomes
+an array that owns nothing, pointing at memory that may be freed.
 """
 from numba import types
 from numba.core import cgutils

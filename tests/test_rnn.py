@@ -447,6 +447,8 @@ def test_kernel_argument_checks():
         K.lstm_forward(x.astype(np.float32), h, h, w_ih, w_hh, None, None)
     with pytest.raises(ValueError, match=r"c0 must have shape \(1, 4\)"):
         K.lstm_forward(x, h, np.zeros((2, 4)), w_ih, w_hh, None, None)
+    with pytest.raises(TypeError, match="c0 must be an array"):
+        K.lstm_forward(x, h, None, w_ih, w_hh, None, None)
     with pytest.raises(ValueError, match="nonlinearity"):
         K.rnn_forward(x, h, np.zeros((4, 3)), np.zeros((4, 4)), None, None, nonlinearity="gelu")
     with pytest.raises(ValueError, match=r"p must be < 1.0"):
@@ -618,6 +620,30 @@ def test_cpu_unit_ranges_and_buffers_sit_on_cache_lines():
         a = cpu._empty(shape, dtype)
         assert a.shape == shape and a.dtype == dtype and a.flags.c_contiguous and a.ctypes.data % 64 == 0
     assert not cpu._empty((4, 9), np.float64, zero=True).any()
+    parts = cpu._empties([(3, 5), (1,), (17, 2)], np.float32)          # one allocation, several arrays
+    assert [a.shape for a in parts] == [(3, 5), (1,), (17, 2)]
+    assert all(a.ctypes.data % 64 == 0 and a.flags.c_contiguous for a in parts)
+    spans = sorted((a.ctypes.data, a.ctypes.data + a.nbytes) for a in parts)
+    assert all(end <= start for (_, end), (start, _) in zip(spans, spans[1:]))    # no overlap
+
+
+def test_cpu_projection_unit_groups():
+    """The in-loop projection's row-block groups end at 1, 2, 4, then every _PROJ_GROUP
+    blocks; the unit table holds every (row block, panel, chunk) once, a group's units
+    together, in reverse from the last block."""
+    from nbdl.kernels.rnn import cpu
+    ends = [cpu._group_end.py_func(pos, 14) for pos in range(14)]
+    assert ends == [1, 2, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12, 14, 14]
+    assert cpu._group_end.py_func(2, 3) == 3
+    for reverse in (False, True):
+        nrb, npx, nch = 14, 2, 3
+        tab = cpu._unit_table(nrb, npx, nch, 4 * nrb - 1, 4, 64, 128, 0, 64, reverse)
+        assert sorted(map(tuple, tab[:, :3])) == [(rb, p, c) for rb in range(nrb) for p in range(npx)
+                                                   for c in range(nch)]
+        positions = [nrb - 1 - rb if reverse else rb for rb in tab[:, 0]]
+        per_block = npx * nch
+        for end in sorted(set(ends)):          # the units of groups up to `end` come first
+            assert sorted(positions[:end * per_block]) == sorted(p for p in range(end) for _ in range(per_block))
 
 
 # --- small sequence tasks train ------------------------------------------------------------------

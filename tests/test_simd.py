@@ -1,4 +1,6 @@
 """The explicit-SIMD CPU micro-kernels (nbdl.kernels._simd) against numpy, float32 and float64."""
+import platform
+
 import numpy as np
 import pytest
 from numba import njit
@@ -162,9 +164,9 @@ def test_prefetching_blocks_give_the_same_bits(dtype, rng):
         pair_ahead(a, b, c_ahead, True, a2, b2, c2_ahead, False)
 
     W = lanes(np.dtype(dtype).itemsize)
-    for L in (1, 3, 64):
+    for L, L2 in ((1, 3), (3, 1), (64, 66), (40, 7)):      # either block longer
         a, b = _panels(rng, dtype, L, 1, 8 * W)
-        a2, b2 = _panels(rng, dtype, L + 2, 4, NV * W)
+        a2, b2 = _panels(rng, dtype, L2, 4, NV * W)
         c, c_ahead = np.empty((1, 8 * W), dtype), np.empty((1, 8 * W), dtype)
         c2, c2_ahead = np.empty((4, NV * W), dtype), np.empty((4, NV * W), dtype)
         blocks(a, b, c, c_ahead, a2, b2, c2, c2_ahead)
@@ -172,6 +174,11 @@ def test_prefetching_blocks_give_the_same_bits(dtype, rng):
         np.testing.assert_array_equal(c2_ahead, c2)
         tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(c, 2 * (a.T.astype(np.float64) @ b), **tol)
+    sig = blocks.signatures[0]
+    if "x86" in platform.machine().lower() or platform.machine() in ("AMD64", "x86_64"):
+        assert "prefetch" in blocks.inspect_asm(sig)          # the prefetches are there
+    with pytest.raises(ValueError, match="rows=True"):
+        make_gemm_block(1, 8, rows=True, ahead=4)
 
 
 def test_check_cache_detects_kernels_cached_with_another_block_shape():

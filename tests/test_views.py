@@ -33,6 +33,17 @@ def test_unmanaged_views_share_the_arrays_memory():
     assert total == (a + 1.0).sum()
 
 
+@njit
+def _unmanaged_of(a):
+    return unmanaged(a)       # only for this test: a view returned to Python owns nothing
+
+
+def test_unmanaged_view_has_no_owner():
+    a = np.arange(4.0)
+    v = _unmanaged_of(a)
+    assert v.base is None and np.shares_memory(v, a)     # a managed view would keep a base
+
+
 def test_unmanaged_views_leave_no_allocation_behind():
     """NRT's allocation counters (enabled only at start-up, hence the subprocess): every
     block allocated is freed once, whether or not its views were unmanaged."""

@@ -650,9 +650,11 @@ _SPINS = 1000          # polls of a counter before each further poll first yield
 _GEMV_NV = 8           # vectors per row of the one-row block (8 accumulators cover the
                        # multiply-add latency); used for batches of one or two rows
 _AHEAD = 2048          # bytes of weight panel a matrix-vector block prefetches ahead of its reads
+_FULL_AHEAD = _AHEAD // (_GEMV_NV * _VECTOR_BYTES)           # in rows of the full one-row block
+_HALF_AHEAD = 2 * _FULL_AHEAD                                 # and of the half-width one
 # the one-row blocks: 8 vectors, or 4 for thread slices under 8 vectors wide
-_gemv_block = make_gemm_block(1, _GEMV_NV, ahead=_AHEAD // (_GEMV_NV * _VECTOR_BYTES))
-_gemv_half = make_gemm_block(1, _GEMV_NV // 2, ahead=2 * _AHEAD // (_GEMV_NV * _VECTOR_BYTES))
+_gemv_block = make_gemm_block(1, _GEMV_NV, ahead=_FULL_AHEAD)
+_gemv_half = make_gemm_block(1, _GEMV_NV // 2, ahead=_HALF_AHEAD)
 _MR8 = 8 if NV == 4 else 0     # an 8 x 3-vector block (24 accumulators, AVX-512 only): a batch
                                # of 8k rows without the padding rows of MR = 6 (-8% at B=32)
 _gemm8_block = make_gemm_block(8, 3)
@@ -856,24 +858,19 @@ def _barrier_threads():
     parallel region's threads all run at once (the OpenMP and workqueue layers) with one
     iteration each (the default chunk size: a larger one could queue two barrier parties on
     one thread, which would then wait for itself forever), else 1."""
+    n = get_num_threads()
+    if n < 2 or get_parallel_chunksize() != 0:
+        return 1
     if not _layer_checked:
         _fill_par(np.empty(2))                  # starts the pool, so the layer is known
         _layer_checked.append(threading_layer() in ("omp", "workqueue"))
-    n, chunk = _thread_settings()
-    return n if n > 1 and chunk == 0 and _layer_checked[0] else 1
+    return n if _layer_checked[0] else 1
 
 
 @njit(parallel=True, **_JIT)
 def _fill_par(a):
     for i in prange(a.shape[0]):
         a[i] = 0
-
-
-@njit      # not cache=True: numba cannot cache code that reads the threading layer's globals
-def _thread_settings():
-    """The calling thread's numba thread count and parallel chunk size, read from compiled
-    code: a tenth of the cost of the Python functions (1.2 us per call)."""
-    return get_num_threads(), get_parallel_chunksize()
 
 
 class _Plan:
@@ -1120,8 +1117,8 @@ _PROJ_MAX = 1 << 22                    # inputs (T*B*I values) up to which it is
                                        # thread packs all of x (a copy per thread)
 _PROJ_UNITS = 1 << 16                  # and units per thread (a table row each)
 _proj_block = make_gemm_block(_PROJ_MR, NV)
-_pair_full = make_gemm_pair(1, _GEMV_NV, _PROJ_MR, NV, ahead=_AHEAD // (_GEMV_NV * _VECTOR_BYTES))
-_pair_half = make_gemm_pair(1, _GEMV_NV // 2, _PROJ_MR, NV, ahead=2 * _AHEAD // (_GEMV_NV * _VECTOR_BYTES))
+_pair_full = make_gemm_pair(1, _GEMV_NV, _PROJ_MR, NV, ahead=_FULL_AHEAD)
+_pair_half = make_gemm_pair(1, _GEMV_NV // 2, _PROJ_MR, NV, ahead=_HALF_AHEAD)
 
 
 def _proj_chunk_of(hidden):
@@ -1797,6 +1794,8 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse=False, lengths=None,
     hs, cs (T+1, B, H) and gates (T, B, 4H).
     """
     op = "lstm_forward"
+    if c0 is None:
+        raise TypeError(f"{op}: c0 must be an array (B, H), got None")
     steps, batch, _, hidden, dtype = check_forward(op, "lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, mask)
     lengths = check_lengths(op, lengths, batch, steps)
     plan = _plan(batch, hidden, hidden, 4, steps * batch * 4 * hidden * hidden, dtype)
