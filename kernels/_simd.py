@@ -96,6 +96,16 @@ def _vector_of(context, ary_ty):
     return fty, itemsize, W, ir.VectorType(fty, W)
 
 
+def _element_ptrs(context, builder, signature, args, src, dst):
+    """(element type, itemsize, lanes W, W-vector type, pointer to src[s0], pointer to
+    dst[d0]) for an intrinsic whose arguments src and dst (positions) are float arrays,
+    each followed by its element offset (s0, d0)."""
+    sv = context.make_array(signature.args[src])(context, builder, args[src])
+    dv = context.make_array(signature.args[dst])(context, builder, args[dst])
+    return _vector_of(context, signature.args[src]) + (builder.gep(sv.data, [args[src + 1]]),
+                                                       builder.gep(dv.data, [args[dst + 1]]))
+
+
 class _Block:
     """The IR of one MR x NV-vector register block: accumulators (allocas in the entry
     block, promoted to registers by LLVM), one reduction step, the final store."""
@@ -368,17 +378,12 @@ def copy_vectors(typingctx, src, s0, dst, d0, m, exact):
     sig = types.void(src, types.int64, dst, types.int64, types.int64, types.boolean)
 
     def codegen(context, builder, signature, args):
-        s_ty, _, d_ty, _, _, _ = signature.args
-        sv = context.make_array(s_ty)(context, builder, args[0])
-        dv = context.make_array(d_ty)(context, builder, args[2])
-        fty, itemsize, W, vty = _vector_of(context, s_ty)
+        fty, itemsize, W, vty, src0, dst0 = _element_ptrs(context, builder, signature, args, 0, 2)
         vptr = vty.as_pointer()
         i64 = ir.IntType(64)
         m = args[4]
         rounded = builder.sdiv(builder.add(m, ir.Constant(i64, W - 1)), ir.Constant(i64, W))
         nvec = builder.select(args[5], builder.sdiv(m, ir.Constant(i64, W)), rounded)
-        src0 = builder.gep(sv.data, [args[1]])
-        dst0 = builder.gep(dv.data, [args[3]])
         with cgutils.for_range(builder, nvec) as loop:
             off = builder.mul(loop.index, ir.Constant(i64, W))
             v = builder.load(builder.bitcast(builder.gep(src0, [off]), vptr), align=itemsize)
@@ -414,13 +419,8 @@ def transpose_tile(typingctx, src, s0, lds, dst, d0, ldd):
     sig = types.void(src, types.int64, types.int64, dst, types.int64, types.int64)
 
     def codegen(context, builder, signature, args):
-        s_ty, _, _, d_ty, _, _ = signature.args
-        sv = context.make_array(s_ty)(context, builder, args[0])
-        dv = context.make_array(d_ty)(context, builder, args[3])
-        _, itemsize, W, vty = _vector_of(context, s_ty)
+        _, itemsize, W, vty, src0, dst0 = _element_ptrs(context, builder, signature, args, 0, 3)
         vptr = vty.as_pointer()
-        src0 = builder.gep(sv.data, [args[1]])
-        dst0 = builder.gep(dv.data, [args[4]])
         rows = [builder.load(builder.bitcast(builder.gep(src0, [builder.mul(args[2], ir.Constant(args[2].type, r))]),
                                              vptr), align=itemsize) for r in range(W)]
         b = 1
@@ -487,10 +487,7 @@ def add_scalar_store(typingctx, src, s0, b, dst, d0, m, stream):
     sig = types.void(src, types.int64, src.dtype, dst, types.int64, types.int64, types.boolean)
 
     def codegen(context, builder, signature, args):
-        s_ty = signature.args[0]
-        sv = context.make_array(s_ty)(context, builder, args[0])
-        dv = context.make_array(signature.args[3])(context, builder, args[3])
-        fty, itemsize, W, vty = _vector_of(context, s_ty)
+        fty, itemsize, W, vty, src0, dst0 = _element_ptrs(context, builder, signature, args, 0, 3)
         vptr = vty.as_pointer()
         i64, i32 = ir.IntType(64), ir.IntType(32)
         m = args[5]
@@ -498,8 +495,6 @@ def add_scalar_store(typingctx, src, s0, b, dst, d0, m, stream):
         zero_mask = ir.Constant(ir.VectorType(i32, W), None)
         bvec = builder.shuffle_vector(builder.insert_element(undef, args[2], ir.Constant(i64, 0)),
                                       undef, zero_mask)
-        src0 = builder.gep(sv.data, [args[1]])
-        dst0 = builder.gep(dv.data, [args[4]])
         nfull = builder.sdiv(m, ir.Constant(i64, W))
         vbytes = W * itemsize
         aligned = builder.icmp_unsigned("==", builder.and_(builder.ptrtoint(dst0, i64), ir.Constant(i64, vbytes - 1)),

@@ -75,8 +75,6 @@ def _check_weights(op, cell, weights, num_layers, directions, x):
         for name, t in zip(("w_ih", "w_hh", "b_ih", "b_hh"), w):
             if t is None and name in ("b_ih", "b_hh"):
                 continue
-            if isinstance(t, Tensor) and t.shape == want[name] and t.dtype == x.dtype and t.device == x.device:
-                continue             # all well (the checks below would pass): skip their cost
             check_tensor(op, f"weights[{k}] {name}", t, dtype="float")
             if tuple(t.shape) != want[name]:
                 raise ValueError(f"{op}: weights[{k}] {name} must have shape {want[name]} "
