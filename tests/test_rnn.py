@@ -449,6 +449,9 @@ def test_kernel_argument_checks():
         K.lstm_forward(x, h, np.zeros((2, 4)), w_ih, w_hh, None, None)
     with pytest.raises(TypeError, match="c0 must be an array"):
         K.lstm_forward(x, h, None, w_ih, w_hh, None, None)
+    from nbdl.kernels.rnn import check_forward        # shared by both backends
+    with pytest.raises(TypeError, match="dc_n must be an array"):
+        check_forward("lstm_backward", "lstm", x, h, None, w_ih, w_hh, None, None, states=("dh_n", "dc_n"))
     with pytest.raises(ValueError, match="nonlinearity"):
         K.rnn_forward(x, h, np.zeros((4, 3)), np.zeros((4, 4)), None, None, nonlinearity="gelu")
     with pytest.raises(ValueError, match=r"p must be < 1.0"):

@@ -83,6 +83,8 @@ def check_forward(op, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, mask=None, states
     h0 and c0 in messages (the backward passes its dh_n and dc_n there).
     """
     g = GATES[cell]
+    if cell == "lstm" and c0 is None:
+        raise TypeError(f"{op}: {states[1]} must be an array (B, H), got None")
     if _forward_ok(g, x, h0, c0, w_ih, w_hh, b_ih, b_hh, mask):
         return x.shape + (w_hh.shape[1], x.dtype)   # the checks below would pass (per call)
     check_array(op, "x", x, ndim=3, dtype="float")

@@ -1794,8 +1794,6 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse=False, lengths=None,
     hs, cs (T+1, B, H) and gates (T, B, 4H).
     """
     op = "lstm_forward"
-    if c0 is None:
-        raise TypeError(f"{op}: c0 must be an array (B, H), got None")
     steps, batch, _, hidden, dtype = check_forward(op, "lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, mask)
     lengths = check_lengths(op, lengths, batch, steps)
     plan = _plan(batch, hidden, hidden, 4, steps * batch * 4 * hidden * hidden, dtype)
