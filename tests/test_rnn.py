@@ -530,9 +530,11 @@ def test_cpu_lstm_threads_give_the_same_bits(rng, dtype, monkeypatch):
     """The time loop shared among threads by hidden units (spin barriers) gives exactly the
     one-thread result, for every row-block shape: one row (matrix-vector products), blocks of
     MR or 8 rows with padding, odd hidden sizes, lengths, masks, reverse; and it matches the
-    numpy reference."""
+    numpy reference. At batch 4 and H = 70 the gate math runs row by row on one thread (70
+    units) and, in float32, gathered on two (35 units each; see _lstm_cells): the same bits."""
     from nbdl.kernels.rnn import cpu
-    for steps, batch, inputs, hidden in [(4, 1, 3, 7), (3, 2, 5, 9), (3, 1, 4, 40), (5, 5, 4, 16), (3, 13, 6, 37)]:
+    for steps, batch, inputs, hidden in [(4, 1, 3, 7), (3, 2, 5, 9), (3, 1, 4, 40), (5, 5, 4, 16), (3, 13, 6, 37),
+                                         (3, 4, 5, 70)]:
         w = [rng.standard_normal(s).astype(dtype) * 0.5
              for s in ((4 * hidden, inputs), (4 * hidden, hidden), (4 * hidden,), (4 * hidden,))]
         x = rng.standard_normal((steps, batch, inputs)).astype(dtype)

@@ -60,10 +60,19 @@ def check_nonlinearity(op, nonlinearity):
     return nonlinearity
 
 
+_ALL_STEPS = {}     # (B, T) -> the lengths array of None, kept: the kernels only read it
+
+
 def check_lengths(op, lengths, batch, steps):
-    """None, or B integers in [1, T]; returns an int64 host array (B,)."""
+    """None, or B integers in [1, T]; returns an int64 host array (B,), which the caller
+    must not write (for None, the array is shared between calls)."""
     if lengths is None:
-        return np.full(batch, steps, dtype=np.int64)
+        full = _ALL_STEPS.get((batch, steps))
+        if full is None:
+            if len(_ALL_STEPS) >= 64:
+                _ALL_STEPS.clear()
+            full = _ALL_STEPS[batch, steps] = np.full(batch, steps, dtype=np.int64)
+        return full
     arr = np.asarray(lengths)
     if arr.dtype.kind not in "iu":
         raise TypeError(f"{op}: lengths must be integers, got dtype {arr.dtype}")

@@ -104,13 +104,19 @@ def _scratch(name, shape, dtype, zero=False):
     """A scratch array that never leaves a call (packed panels, per-step gradients), kept
     per Python thread between calls: fresh multi-megabyte arrays were page-faulted in
     on every call (measured 0.2-0.4 ms per megabyte-sized array)."""
-    arrays = _workspace.__dict__.setdefault("arrays", {})
-    size = math.prod(shape)
     dtype = np.dtype(dtype)
-    buf = arrays.get((name, dtype))
-    if buf is None or buf.size < size:
-        buf = arrays[name, dtype] = _empty((size,), dtype)
-    out = buf[:size].reshape(shape)
+    views = _workspace.__dict__.setdefault("views", {})    # the last view of each buffer
+    last = views.get((name, dtype))
+    if last is not None and last[0] == shape:
+        out = last[1]
+    else:
+        arrays = _workspace.__dict__.setdefault("arrays", {})
+        size = math.prod(shape)
+        buf = arrays.get((name, dtype))
+        if buf is None or buf.size < size:
+            buf = arrays[name, dtype] = _empty((size,), dtype)
+        out = buf[:size].reshape(shape)
+        views[name, dtype] = (shape, out)
     if zero:
         out.fill(0)
     return out
@@ -883,7 +889,10 @@ class _Plan:
 
     def __init__(self, batch, hidden, k, per_unit, n, dtype):
         itemsize = dtype.itemsize
-        self.units = _unit_bounds(hidden, n, itemsize)
+        # units and the step counters each on lines of their own: a counter is written at
+        # every step, and a neighbour sharing its line would be pulled between the cores
+        self.units = _empty((n + 1,), np.int64)
+        self.units[:] = _unit_bounds(hidden, n, itemsize)
         self.cols = per_unit * int(np.diff(self.units).max())  # a thread's product columns
         self.mr, nv = (1, _GEMV_NV) if batch < 3 else (MR, NV)
         if batch < 3 and self.cols <= _GEMV_NV // 2 * lanes(itemsize):
@@ -893,7 +902,7 @@ class _Plan:
         self.nr = nv * lanes(itemsize)
         self.k, self.dtype = k, dtype
         self.ap = _empty((2, -(-batch // self.mr), k, self.mr), dtype, zero=True)
-        self.flags = np.zeros(n * _FLAG_STRIDE, dtype=np.int64)
+        self.flags = _empty((n * _FLAG_STRIDE,), np.int64, zero=True)
 
     def input_panels(self, inputs):
         """Scratch for each thread's panels of its columns of the input weight (G*H, inputs)."""
@@ -1004,10 +1013,14 @@ def _rnn_bwd(dy, dh, hs, w_hh_t, dg, lengths, relu, reverse, bounds):
 
 # --- LSTM -------------------------------------------------------------------------------
 #
-# The gate math of a step runs over all rows in one call per phase, on 1-D contiguous
-# views made inside the function and indexed from 0: loops over an offset range of a
-# larger array stayed scalar (LLVM cannot rule out negative-index wrap-around), and one
-# call per row and gate cost more than the math at B=32.
+# The gate math of a step runs in small functions on 1-D contiguous views, indexed from
+# 0: loops over an offset range of a larger array stayed scalar (LLVM cannot rule out
+# negative-index wrap-around). Each call is one SIMD sweep whose set-up and latency cost
+# about as much as a few vectors of math, so the sweeps are made few and long: row by row
+# where a thread's share of a row is long, over all rows at once where it is short.
+
+_ROW_SWEEP = 256   # bytes of a row's units from which the gate math sweeps row by row
+
 
 @njit(inline="always")
 def _lstm_cells(g, gh, bias, c_in, c, h, y, hidden, u0, u1, z, tc):
@@ -1016,12 +1029,17 @@ def _lstm_cells(g, gh, bias, c_in, c, h, y, hidden, u0, u1, z, tc):
     units (gate q at columns [q*nu, (q+1)*nu)); c_in, c, h, y (B, H); z (4, B, nu) and
     tc (B, nu) C-contiguous scratch.  c = f c_in + i g;  h = y = o tanh(c).
 
-    The pre-activations go into z gate by gate, so each activation is one long SIMD sweep
-    over every row (sigmoid over i and f together, tanh over g, sigmoid over o, tanh over
-    c): per row and gate, the loops were short enough that their set-up cost as much as
-    the math (at B = 32, 15 us of a 55 us step)."""
+    Rows of at least _ROW_SWEEP bytes of units, or batches of one or two rows, go row by
+    row in six SIMD sweeps (_lstm_row). Shorter rows of larger batches first gather the
+    pre-activations into z gate by gate, so each activation is one long sweep over every
+    row (sigmoid over i and f together, tanh over g, sigmoid over o, tanh over c): per row
+    and gate, their loops were short enough that their set-up cost as much as the math."""
     nu = u1 - u0
     batch = g.shape[0]
+    if batch <= 2 or nu * g.itemsize >= _ROW_SWEEP:
+        for b in range(batch):
+            _lstm_row(g[b], gh[b], bias, c_in[b], c[b], h[b], y[b], hidden, u0, u1)
+        return
     for q in range(4):
         for b in range(batch):
             _preactivation(z[q, b], g[b, q * hidden + u0:q * hidden + u1], gh[b, q * nu:(q + 1) * nu],
@@ -1039,6 +1057,54 @@ def _lstm_cells(g, gh, bias, c_in, c, h, y, hidden, u0, u1, z, tc):
     for q in range(4):
         for b in range(batch):
             _copy(g[b, q * hidden + u0:q * hidden + u1], z[q, b])
+
+
+@njit(inline="always")
+def _lstm_row(g, r, bias, c_in, c, h, y, hidden, u0, u1):
+    """_lstm_cells of one row: g (4H,) turns into the activations in place, gate by gate
+    (each activation reads x W_ih^T, the recurrent product r (>=4nu,) and the bias in the
+    same sweep), then c and h. Six sweeps, the first four independent of each other: the
+    gathered form (z) measured 30% slower at batch 1 (16 loops, each a few vectors long,
+    one after another) and at batch 32 with 128 units per thread."""
+    nu = u1 - u0
+    i, f = g[u0:u1], g[hidden + u0:hidden + u1]
+    gg, o = g[2 * hidden + u0:2 * hidden + u1], g[3 * hidden + u0:3 * hidden + u1]
+    _sigmoid_sum(i, r[:nu], bias[u0:u1])
+    _sigmoid_sum(f, r[nu:2 * nu], bias[hidden + u0:hidden + u1])
+    _tanh_sum(gg, r[2 * nu:3 * nu], bias[2 * hidden + u0:2 * hidden + u1])
+    _sigmoid_sum(o, r[3 * nu:4 * nu], bias[3 * hidden + u0:3 * hidden + u1])
+    _cell_update(i, f, gg, c_in[u0:u1], c[u0:u1])
+    _cell_output(o, c[u0:u1], h[u0:u1], y[u0:u1])
+
+
+@njit(**_JIT)
+def _sigmoid_sum(a, r, bias):
+    """a = sigmoid(a + r + bias) in place: x W_ih^T, the recurrent product, the bias."""
+    for j in range(a.shape[0]):
+        a[j] = sigmoid(a[j] + r[j] + bias[j])
+
+
+@njit(**_JIT)
+def _tanh_sum(a, r, bias):
+    """a = tanh(a + r + bias) in place."""
+    for j in range(a.shape[0]):
+        a[j] = tanh(a[j] + r[j] + bias[j])
+
+
+@njit(**_JIT)
+def _cell_update(i, f, gg, c_in, c):
+    """c = f c_in + i g."""
+    for j in range(c.shape[0]):
+        c[j] = f[j] * c_in[j] + i[j] * gg[j]
+
+
+@njit(**_JIT)
+def _cell_output(o, c, h, y):
+    """h = y = o tanh(c)."""
+    for j in range(h.shape[0]):
+        hj = o[j] * tanh(c[j])
+        h[j] = hj
+        y[j] = hj
 
 
 @njit(inline="always")
