@@ -1441,18 +1441,72 @@ def _lstm_fwd(x, w_ih, xp, w_hh, bias, hs, cs, gates, y, lengths, mask, reverse,
 def _lstm_grad(di, df, dgg, do, i, f, gg, o, dy, c_in, c, dh, dc, tc):
     """Pre-activation gradients of one row's units; dh, dc become the gradients w.r.t.
     the step's input states (dh: its direct part, zero; the recurrent part comes later).
-    tc: scratch for tanh(c)."""
-    one = di.dtype.type(1)
+    tc: scratch for tanh(c). In sweeps of at most four arrays: one loop over all fourteen
+    stayed scalar (LLVM's checks that the arrays do not overlap grow with their pairs),
+    six times slower at batch 32."""
     _copy(tc, c)
     _tanh_(tc)
+    _add_to(dh, dy)                         # dL/dh, the output's part included
+    _output_gate_grad(do, dh, tc, o)
+    _cell_grad(dc, dh, o, tc)               # dL/dc
+    _input_gate_grad(di, dc, gg, i)
+    _sigmoid_grad_times(df, dc, c_in, f)
+    _candidate_grad(dgg, dc, i, gg)
+    _carry_cell_grad(dc, f, dh)
+
+
+@njit(**_JIT)
+def _add_to(a, b):
+    """a += b."""
+    for j in range(a.shape[0]):
+        a[j] += b[j]
+
+
+@njit(**_JIT)
+def _output_gate_grad(do, dh, tc, o):
+    """do = dh tanh(c) o (1 - o)."""
+    one = do.dtype.type(1)
+    for j in range(do.shape[0]):
+        do[j] = dh[j] * tc[j] * o[j] * (one - o[j])
+
+
+@njit(**_JIT)
+def _cell_grad(dc, dh, o, tc):
+    """dc += dh o (1 - tanh(c)^2)."""
+    one = dc.dtype.type(1)
+    for j in range(dc.shape[0]):
+        dc[j] = dc[j] + dh[j] * o[j] * (one - tc[j] * tc[j])
+
+
+@njit(**_JIT)
+def _input_gate_grad(di, dc, gg, i):
+    """di = dc g i (1 - i)."""
+    one = di.dtype.type(1)
     for j in range(di.shape[0]):
-        dhj = dh[j] + dy[j]
-        dct = dc[j] + dhj * o[j] * (one - tc[j] * tc[j])
-        di[j] = dct * gg[j] * i[j] * (one - i[j])
-        df[j] = dct * c_in[j] * f[j] * (one - f[j])
-        dgg[j] = dct * i[j] * (one - gg[j] * gg[j])
-        do[j] = dhj * tc[j] * o[j] * (one - o[j])
-        dc[j] = dct * f[j]
+        di[j] = dc[j] * gg[j] * i[j] * (one - i[j])
+
+
+@njit(**_JIT)
+def _sigmoid_grad_times(df, dc, c_in, f):
+    """df = dc c_in f (1 - f)."""
+    one = df.dtype.type(1)
+    for j in range(df.shape[0]):
+        df[j] = dc[j] * c_in[j] * f[j] * (one - f[j])
+
+
+@njit(**_JIT)
+def _candidate_grad(dgg, dc, i, gg):
+    """dg = dc i (1 - g^2)."""
+    one = dgg.dtype.type(1)
+    for j in range(dgg.shape[0]):
+        dgg[j] = dc[j] * i[j] * (one - gg[j] * gg[j])
+
+
+@njit(**_JIT)
+def _carry_cell_grad(dc, f, dh):
+    """dc = dc f (the gradient reaching c_in); dh = 0."""
+    for j in range(dc.shape[0]):
+        dc[j] = dc[j] * f[j]
         dh[j] = 0
 
 
