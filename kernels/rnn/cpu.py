@@ -1446,28 +1446,21 @@ def _lstm_grad(di, df, dgg, do, i, f, gg, o, dy, c_in, c, dh, dc, tc):
     six times slower at batch 32."""
     _copy(tc, c)
     _tanh_(tc)
-    _add_to(dh, dy)                         # dL/dh, the output's part included
-    _output_gate_grad(do, dh, tc, o)
+    _add_row(dh, dy)                        # dL/dh, the output's part included
+    _sigmoid_grad(do, dh, tc, o)            # do = dh tanh(c) o (1 - o)
     _cell_grad(dc, dh, o, tc)               # dL/dc
-    _input_gate_grad(di, dc, gg, i)
-    _sigmoid_grad_times(df, dc, c_in, f)
+    _sigmoid_grad(di, dc, gg, i)            # di = dc g i (1 - i)
+    _sigmoid_grad(df, dc, c_in, f)          # df = dc c_in f (1 - f)
     _candidate_grad(dgg, dc, i, gg)
     _carry_cell_grad(dc, f, dh)
 
 
 @njit(**_JIT)
-def _add_to(a, b):
-    """a += b."""
-    for j in range(a.shape[0]):
-        a[j] += b[j]
-
-
-@njit(**_JIT)
-def _output_gate_grad(do, dh, tc, o):
-    """do = dh tanh(c) o (1 - o)."""
-    one = do.dtype.type(1)
-    for j in range(do.shape[0]):
-        do[j] = dh[j] * tc[j] * o[j] * (one - o[j])
+def _sigmoid_grad(d, a, b, s):
+    """d = a b s (1 - s): the gradient of a sigmoid gate s, times what it multiplies."""
+    one = d.dtype.type(1)
+    for j in range(d.shape[0]):
+        d[j] = a[j] * b[j] * s[j] * (one - s[j])
 
 
 @njit(**_JIT)
@@ -1476,22 +1469,6 @@ def _cell_grad(dc, dh, o, tc):
     one = dc.dtype.type(1)
     for j in range(dc.shape[0]):
         dc[j] = dc[j] + dh[j] * o[j] * (one - tc[j] * tc[j])
-
-
-@njit(**_JIT)
-def _input_gate_grad(di, dc, gg, i):
-    """di = dc g i (1 - i)."""
-    one = di.dtype.type(1)
-    for j in range(di.shape[0]):
-        di[j] = dc[j] * gg[j] * i[j] * (one - i[j])
-
-
-@njit(**_JIT)
-def _sigmoid_grad_times(df, dc, c_in, f):
-    """df = dc c_in f (1 - f)."""
-    one = df.dtype.type(1)
-    for j in range(df.shape[0]):
-        df[j] = dc[j] * c_in[j] * f[j] * (one - f[j])
 
 
 @njit(**_JIT)
