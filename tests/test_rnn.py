@@ -610,6 +610,25 @@ def test_cpu_lstm_projection_inside_the_time_loop(rng, dtype, monkeypatch):
             np.testing.assert_allclose(shared[2], ref_c[0], rtol=tol, atol=tol)
 
 
+def test_cpu_thread_settings_follow_numba():
+    """The raw getters the time loops read numba's thread count and chunk size through
+    answer what the public ones do, after changes of either; a time loop shares its steps
+    only among several threads with the default chunk size."""
+    import numba
+    from nbdl.kernels.rnn import cpu
+    n0, chunk0 = numba.get_num_threads(), numba.get_parallel_chunksize()
+    try:
+        for n, chunk in ((1, 0), (n0, 0), (n0, 4), (n0, 0)):
+            numba.set_num_threads(n)
+            numba.set_parallel_chunksize(chunk)
+            assert cpu._thread_settings() == (numba.get_num_threads(), numba.get_parallel_chunksize()) == (n, chunk)
+            shared = cpu._barrier_threads()
+            assert shared == (n if n > 1 and chunk == 0 and cpu._layer_checked[0] else 1)
+    finally:
+        numba.set_num_threads(n0)
+        numba.set_parallel_chunksize(chunk0)
+
+
 def test_cpu_unit_ranges_and_buffers_sit_on_cache_lines():
     """Threads of a time loop own unit ranges cut at whole cache lines of a state row where
     the rows are long enough (else equal shares), and the shared buffers start on a line."""

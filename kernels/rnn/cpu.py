@@ -47,6 +47,7 @@ import numpy as np
 from llvmlite import ir
 from numba import get_num_threads, get_parallel_chunksize, njit, prange, threading_layer, types
 from numba.core import cgutils
+from numba.np.ufunc import parallel as _parallel
 from numba.extending import intrinsic
 
 from nbdl.kernels._fastmath import FASTMATH, FASTMATH_REDUCE, sigmoid, tanh
@@ -859,13 +860,26 @@ def _unit_bounds(hidden, nthreads, itemsize):
 _layer_checked = []
 
 
+def _thread_settings():
+    """numba's thread count and parallel chunk size, for the calling thread. The public
+    getters take two process-wide locks on every call (together about 2 us, some 2% of a
+    batch-1 sequence of 100 steps); once numba's thread pool runs, the raw getters they
+    wrap give the same answers in a tenth of that. Before, or where a numba version lacks
+    them, the public ones (which start the pool)."""
+    raw_n = getattr(_parallel, "_get_num_threads", None)
+    raw_chunk = getattr(_parallel, "_get_parallel_chunksize", None)
+    if callable(raw_n) and callable(raw_chunk):
+        return raw_n(), raw_chunk()
+    return get_num_threads(), get_parallel_chunksize()
+
+
 def _barrier_threads():
     """Threads a time loop may share through spin barriers: numba's thread count where a
     parallel region's threads all run at once (the OpenMP and workqueue layers) with one
     iteration each (the default chunk size: a larger one could queue two barrier parties on
     one thread, which would then wait for itself forever), else 1."""
-    n = get_num_threads()
-    if n < 2 or get_parallel_chunksize() != 0:
+    n, chunk = _thread_settings()
+    if n < 2 or chunk != 0:
         return 1
     if not _layer_checked:
         _fill_par(np.empty(2))                  # starts the pool, so the layer is known
@@ -900,13 +914,14 @@ class _Plan:
         if batch >= 3 and _MR8 and -(-batch // 8) * 8 <= -(-batch // MR) * MR:
             self.mr, nv = 8, 3
         self.nr = nv * lanes(itemsize)
+        self.proj_nr = block_cols(itemsize)                     # the input projection's panels
         self.k, self.dtype = k, dtype
         self.ap = _empty((2, -(-batch // self.mr), k, self.mr), dtype, zero=True)
         self.flags = _empty((n * _FLAG_STRIDE,), np.int64, zero=True)
 
     def input_panels(self, inputs):
         """Scratch for each thread's panels of its columns of the input weight (G*H, inputs)."""
-        nr = _block_cols(self.dtype)
+        nr = self.proj_nr
         return _scratch("input panels", (self.units.shape[0] - 1, -(-self.cols // nr), inputs, nr), self.dtype)
 
     def run(self, serial_fn, parallel_fn, *args):
@@ -927,12 +942,12 @@ def _plan(batch, hidden, k, per_unit, work, dtype):
     thread). Plans are kept per shape and Python thread: building one costs several
     microseconds of Python, a few percent of a short sequence at batch 1."""
     dtype = np.dtype(dtype)
-    _block_cols(dtype)                                          # the cache check
     n = min(_barrier_threads(), max(1, hidden // 8)) if work >= _PARALLEL_WORK else 1
     key = (batch, hidden, k, per_unit, n, dtype)
     plans = _workspace.__dict__.setdefault("plans", {})
     plan = plans.get(key)
     if plan is None:
+        _block_cols(dtype)          # the cache check, before the dtype's first loop
         if len(plans) >= 16:        # each holds its row panels
             plans.clear()
         plan = plans[key] = _Plan(batch, hidden, k, per_unit, n, dtype)
@@ -1203,7 +1218,7 @@ def _in_loop_projection(plan, x, hidden):
     steps, batch, inputs = x.shape
     if plan.mr != 1 or not 0 < x.size <= _PROJ_MAX:
         return False
-    units = -(-steps * batch // _PROJ_MR) * -(-plan.cols // block_cols(x.itemsize)) * \
+    units = -(-steps * batch // _PROJ_MR) * -(-plan.cols // plan.proj_nr) * \
         -(-inputs // _proj_chunk_of(hidden))
     return units <= _PROJ_UNITS
 
