@@ -530,8 +530,10 @@ def test_cpu_lstm_threads_give_the_same_bits(rng, dtype, monkeypatch):
     """The time loop shared among threads by hidden units (spin barriers) gives exactly the
     one-thread result, for every row-block shape: one row (matrix-vector products), blocks of
     MR or 8 rows with padding, odd hidden sizes, lengths, masks, reverse; and it matches the
-    numpy reference. At batch 4 and H = 70 the gate math runs row by row on one thread (70
-    units) and, in float32, gathered on two (35 units each; see _lstm_cells): the same bits."""
+    numpy reference. The gate math switches form with a thread's units (see _lstm_cells):
+    at batch 4 and H = 70 row by row on one thread (70 units) and, in float32, gathered on
+    two (35 each); at batch 13 and H = 37 in float64 likewise (37 units, 18 and 19): the
+    same bits."""
     from nbdl.kernels.rnn import cpu
     for steps, batch, inputs, hidden in [(4, 1, 3, 7), (3, 2, 5, 9), (3, 1, 4, 40), (5, 5, 4, 16), (3, 13, 6, 37),
                                          (3, 4, 5, 70)]:
@@ -610,23 +612,59 @@ def test_cpu_lstm_projection_inside_the_time_loop(rng, dtype, monkeypatch):
             np.testing.assert_allclose(shared[2], ref_c[0], rtol=tol, atol=tol)
 
 
-def test_cpu_thread_settings_follow_numba():
+def test_cpu_thread_settings_follow_numba(monkeypatch):
     """The raw getters the time loops read numba's thread count and chunk size through
-    answer what the public ones do, after changes of either; a time loop shares its steps
-    only among several threads with the default chunk size."""
+    answer what the public ones do: after changes of either, in another Python thread
+    (numba's settings are per thread), and through the public ones where the raw ones are
+    missing. A time loop shares its steps among threads only with the default chunk size,
+    on a threading layer whose threads all run at once."""
+    import threading
+    import types
+
     import numba
     from nbdl.kernels.rnn import cpu
     n0, chunk0 = numba.get_num_threads(), numba.get_parallel_chunksize()
+    concurrent = numba.threading_layer() in ("omp", "workqueue")
     try:
         for n, chunk in ((1, 0), (n0, 0), (n0, 4), (n0, 0)):
             numba.set_num_threads(n)
             numba.set_parallel_chunksize(chunk)
-            assert cpu._thread_settings() == (numba.get_num_threads(), numba.get_parallel_chunksize()) == (n, chunk)
-            shared = cpu._barrier_threads()
-            assert shared == (n if n > 1 and chunk == 0 and cpu._layer_checked[0] else 1)
+            assert cpu._thread_settings() == (n, chunk)
+            assert cpu._barrier_threads() == (n0 if n > 1 and chunk == 0 and concurrent else 1)
+        assert callable(getattr(cpu._parallel, "_get_num_threads", None))    # the raw ones ran
+        numba.set_num_threads(1)
+        seen = []
+        other = threading.Thread(target=lambda: seen.append(
+            (cpu._thread_settings(), (numba.get_num_threads(), numba.get_parallel_chunksize()))))
+        other.start()
+        other.join()
+        assert seen[0][0] == seen[0][1] and cpu._thread_settings() == (1, 0)
+        monkeypatch.setattr(cpu, "_parallel", types.SimpleNamespace())     # a numba without them
+        assert cpu._thread_settings() == (1, 0)
     finally:
         numba.set_num_threads(n0)
         numba.set_parallel_chunksize(chunk0)
+
+
+def test_cpu_lengths_of_none_stay_whole(rng):
+    """Every kernel gets lengths=None as one shared array per (batch, steps): none writes it."""
+    from nbdl.kernels.rnn import check_lengths
+    K = kernels("rnn", "cpu")
+    steps, batch, inputs, hidden = 4, 3, 2, 5
+    shared = check_lengths("op", None, batch, steps)
+    x, h = rng.standard_normal((steps, batch, inputs)), rng.standard_normal((batch, hidden))
+    for cell, g in GATES.items():
+        w_ih, w_hh = rng.standard_normal((g * hidden, inputs)), rng.standard_normal((g * hidden, hidden))
+        if cell == "lstm":
+            y, h_n, c_n, *saved = K.lstm_forward(x, h, h, w_ih, w_hh, None, None)
+            K.lstm_backward(y, h_n, c_n, x, w_ih, w_hh, *saved)
+        elif cell == "gru":
+            y, h_n, *saved = K.gru_forward(x, h, w_ih, w_hh, None, None)
+            K.gru_backward(y, h_n, x, w_ih, w_hh, *saved)
+        else:
+            y, h_n, hs = K.rnn_forward(x, h, w_ih, w_hh, None, None)
+            K.rnn_backward(y, h_n, x, w_ih, w_hh, hs)
+    assert check_lengths("op", None, batch, steps) is shared and (shared == steps).all()
 
 
 def test_cpu_unit_ranges_and_buffers_sit_on_cache_lines():

@@ -869,7 +869,10 @@ def _thread_settings():
     raw_n = getattr(_parallel, "_get_num_threads", None)
     raw_chunk = getattr(_parallel, "_get_parallel_chunksize", None)
     if callable(raw_n) and callable(raw_chunk):
-        return raw_n(), raw_chunk()
+        try:
+            return int(raw_n()), int(raw_chunk())
+        except (TypeError, ValueError):     # a numba whose raw getters changed shape
+            pass
     return get_num_threads(), get_parallel_chunksize()
 
 
@@ -1092,32 +1095,53 @@ def _lstm_row(g, r, bias, c_in, c, h, y, hidden, u0, u1):
     _cell_output(o, c[u0:u1], h[u0:u1], y[u0:u1])
 
 
+# One expression each for both forms of the gate math (row by row, gathered): which
+# form runs depends on a thread's share of the units, and the bits must not.
+
+@njit(inline="always")
+def _gate_input(g, r, b):
+    """A gate's pre-activation: x W_ih^T + the recurrent product + the bias."""
+    return g + r + b
+
+
+@njit(inline="always")
+def _cell_value(i, f, gg, c_in):
+    """c = f c_in + i g."""
+    return f * c_in + i * gg
+
+
+@njit(inline="always")
+def _hidden_value(o, tc):
+    """h = o tanh(c), tc = tanh(c)."""
+    return o * tc
+
+
 @njit(**_JIT)
 def _sigmoid_sum(a, r, bias):
     """a = sigmoid(a + r + bias) in place: x W_ih^T, the recurrent product, the bias."""
     for j in range(a.shape[0]):
-        a[j] = sigmoid(a[j] + r[j] + bias[j])
+        a[j] = sigmoid(_gate_input(a[j], r[j], bias[j]))
 
 
 @njit(**_JIT)
 def _tanh_sum(a, r, bias):
     """a = tanh(a + r + bias) in place."""
     for j in range(a.shape[0]):
-        a[j] = tanh(a[j] + r[j] + bias[j])
+        a[j] = tanh(_gate_input(a[j], r[j], bias[j]))
 
 
 @njit(**_JIT)
 def _cell_update(i, f, gg, c_in, c):
     """c = f c_in + i g."""
     for j in range(c.shape[0]):
-        c[j] = f[j] * c_in[j] + i[j] * gg[j]
+        c[j] = _cell_value(i[j], f[j], gg[j], c_in[j])
 
 
 @njit(**_JIT)
 def _cell_output(o, c, h, y):
     """h = y = o tanh(c)."""
     for j in range(h.shape[0]):
-        hj = o[j] * tanh(c[j])
+        hj = _hidden_value(o[j], tanh(c[j]))
         h[j] = hj
         y[j] = hj
 
@@ -1126,14 +1150,14 @@ def _cell_output(o, c, h, y):
 def _preactivation(z, g, r, bias):
     """z = g + r + bias: x W_ih^T, the recurrent product, the bias."""
     for j in range(z.shape[0]):
-        z[j] = g[j] + r[j] + bias[j]
+        z[j] = _gate_input(g[j], r[j], bias[j])
 
 
 @njit(inline="always")
 def _lstm_cell_state(i, f, gg, c_in, c, tc):
     """c = tc = f c_in + i g."""
     for j in range(c.shape[0]):
-        cj = f[j] * c_in[j] + i[j] * gg[j]
+        cj = _cell_value(i[j], f[j], gg[j], c_in[j])
         c[j] = cj
         tc[j] = cj
 
@@ -1142,7 +1166,7 @@ def _lstm_cell_state(i, f, gg, c_in, c, tc):
 def _lstm_output(o, tc, h, y):
     """h = y = o tanh(c), tc holding tanh(c)."""
     for j in range(h.shape[0]):
-        hj = o[j] * tc[j]
+        hj = _hidden_value(o[j], tc[j])
         h[j] = hj
         y[j] = hj
 
