@@ -90,6 +90,20 @@ def test_elementwise_kernels_direct(device, rng):
     np.testing.assert_array_equal(dev.to_host(E.cast(put(s[:3], device), np.float32)), s[:3].astype(np.float32))
 
 
+def test_long_sums_against_numpy(device, rng):
+    """Sums of thousands of values per output (on CUDA cut into partial sums first: a loss
+    summed to a scalar, a column sum of a tall matrix, two trailing axes), against numpy,
+    and the same bits on a second call."""
+    E = K("elementwise", device)
+    if device == "cuda":
+        assert E._SPLIT_MIN <= 4200            # every case below takes the partial sums
+    for shape, axes in [((5000,), (0,)), ((2, 4500), (1,)), ((4200, 3), (0,)), ((3, 70, 70), (1, 2))]:
+        x = rng.standard_normal(shape)
+        got = E.sum_axes(put(x, device), axes, False)
+        np.testing.assert_allclose(dev.to_host(got), x.sum(axis=axes), rtol=1e-12, atol=1e-12)
+        np.testing.assert_array_equal(dev.to_host(E.sum_axes(put(x, device), axes, False)), dev.to_host(got))
+
+
 def test_cuda_gemm_runs_in_the_arrays_dtype(monkeypatch, rng):
     """float32 arrays must get the float32 kernel (float64 shared tiles are 2x the memory
     and, on most GPUs, many times slower)."""

@@ -224,7 +224,7 @@ def test_param_groups_have_their_own_hyperparameters(device):
 # --------------------------------------------------------------------------- CPU == CUDA
 
 @pytest.mark.parametrize("name,hyper", [(n, h) for n, _, h in CASES], ids=CASE_IDS)
-def test_cpu_and_cuda_agree_to_the_bit(name, hyper):
+def test_cpu_and_cuda_agree(name, hyper):
     if not nbdl.cuda_available():
         pytest.skip("numba-cuda is not installed")
     out = {}
@@ -236,10 +236,15 @@ def test_cpu_and_cuda_agree_to_the_bit(name, hyper):
             opt.step()
         out[device] = [p.numpy() for p in params] + \
             [v.numpy() for p in params for v in opt.state[p].values() if isinstance(v, nbdl.Tensor)]
-    # the simulator runs the same float32 operations: identical bits; a real GPU may contract
-    # a multiply-add into an FMA, which moves at most the last bit
+    # the simulator runs the same float32 operations: identical bits. A real GPU contracts
+    # multiply-adds into FMAs where the CPU's compiler may not (or the other way round): each
+    # such rounding differs by up to half a unit, and a parameter that the update brings
+    # near zero shows it as many units of its own (2 to 30 were seen on an H100)
     for a, b in zip(out["cpu"], out["cuda"]):
-        np.testing.assert_array_max_ulp(a, b, maxulp=1)
+        if nbdl.device.simulator_enabled():
+            np.testing.assert_array_equal(a, b)
+        else:
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("name,hyper", [CASES[i][::2] for i in (1, 4, 7, 8, 9)],

@@ -4,7 +4,9 @@ Every kernel indexes a flat output with one thread per element. Arrays of up to
 MAX_DIMS axes are described by (shape, strides) tuples padded to MAX_DIMS axes, with
 stride 0 on a broadcast axis, so one compiled kernel serves every rank and
 broadcast pattern. Reductions give each output element to one thread, which sums
-its inputs in a fixed order: deterministic, no atomics.
+its inputs in a fixed order: deterministic, no atomics. A few outputs of many inputs
+each (a loss summed to a scalar) are first cut into partial sums, a split fixed by the
+shapes alone, so the bits do not depend on the GPU (see _sum_into).
 """
 import math
 
@@ -102,6 +104,21 @@ def _reduce_sum(out, x, kshape, kstr, rshape, rstr, nred):
         for r in range(nred):
             acc += x[base + _offset(r, rshape, rstr)]
         out[o] = acc
+
+
+@cuda.jit(cache=True)
+def _reduce_sum_parts(part, x, kshape, kstr, rshape, rstr, nred, parts):
+    """part[o * parts + p] = the sum of output o's reduced values p, p + parts, p + 2 parts,
+    ..., in that order: neighbouring threads read neighbouring values."""
+    i = cuda.grid(1)
+    if i < part.size:
+        o = i // parts
+        p = i - o * parts
+        base = _offset(o, kshape, kstr)
+        acc = x[base] * 0
+        for r in range(p, nred, parts):
+            acc += x[base + _offset(r, rshape, rstr)]
+        part[i] = acc
 
 
 @cuda.jit(cache=True)
@@ -240,9 +257,33 @@ def sum_axes(x, axes, keepdims):
         nred = int(np.prod([shape[d] for d in axes], dtype=np.int64))
         kshape, kstr = padded([shape[d] for d in kept], [strides[d] for d in kept])
         rshape, rstr = padded([shape[d] for d in axes], [strides[d] for d in axes])
-        blocks, threads = grid1d(out.size)
-        _reduce_sum[blocks, threads](_flat(out), _flat(x), kshape, kstr, rshape, rstr, nred)
+        _sum_into(_flat(out), _flat(x), kshape, kstr, rshape, rstr, nred)
     return out
+
+
+_SPLIT_MIN = 4096        # values per output from which a sum is first cut into partial sums
+_PART_MIN = 64           # values per partial sum, at least
+_SPLIT_THREADS = 1 << 16  # threads the partial sums of all outputs aim at
+
+
+def _sum_into(out, x, kshape, kstr, rshape, rstr, nred):
+    """out (flat, n) = the sums of x's reduced sub-spaces. One thread per output; but an
+    output of many values gets `parts` threads first, each summing every parts-th value
+    (one thread summing a 400,000-value loss took 0.3 s on an H100: a chain of dependent
+    memory reads), and the partial sums are summed the same way in turn. The split
+    depends on the shapes only: the same bits on every GPU."""
+    n = out.size
+    parts = min(nred // _PART_MIN, _SPLIT_THREADS // n) if nred >= _SPLIT_MIN else 1
+    if parts < 2:
+        blocks, threads = grid1d(n)
+        _reduce_sum[blocks, threads](out, x, kshape, kstr, rshape, rstr, nred)
+        return
+    part = empty((n * parts,), x.dtype)
+    blocks, threads = grid1d(part.size)
+    _reduce_sum_parts[blocks, threads](part, x, kshape, kstr, rshape, rstr, nred, parts)
+    pk, pks = padded([n], [parts])
+    pr, prs = padded([parts], [1])
+    _sum_into(out, part, pk, pks, pr, prs, parts)
 
 
 def sum_to_shape(g, shape):
@@ -380,6 +421,7 @@ def ptx_signatures():
             (_fill, (v, float64)),
             (_fill, (v, int64)),
             (_reduce_sum, (v, v, tup, tup, tup, tup, int64)),
+            (_reduce_sum_parts, (v, v, tup, tup, tup, tup, int64, int64)),
             (_take_rows, (m, m, int64[::1])),
             (_scatter_add_rows, (m, m, int64[::1])),
         ]
