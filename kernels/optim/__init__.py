@@ -4,8 +4,10 @@ Every optimizer step is one fused elementwise pass over flat 1-D views of the
 parameter, its gradient and its state arrays (``param.ravel()`` etc.). The
 per-element math lives here once, as plain Python functions that ``cpu.py``
 wraps with ``@njit`` and ``cuda.py`` with inlined ``@cuda.jit(device=True)``, so the
-two backends run the same expression tree and give the same bits (up to FMA
-contraction on a real GPU).
+two backends run the same expression tree and give the same bits under the CUDA
+simulator; a real GPU contracts multiply-adds into FMAs where the CPU's compiler may not,
+so there they agree to float32 rounding (a few units in the last place, more where an
+update brings a value near zero).
 
 Rounding follows ``torch.optim``'s single-tensor code: every scalar (lr, the
 bias corrections, ``1 - beta``) is computed in double precision on the host,
