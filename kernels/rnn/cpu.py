@@ -1041,11 +1041,18 @@ _ROW_SWEEP = 256   # bytes of a row's units from which the gate math sweeps row 
 
 
 @njit(inline="always")
+def _row_by_row(batch, nu, itemsize):
+    """Whether the gate math of nu units per row goes row by row (see _lstm_cells)."""
+    return batch <= 2 or nu * itemsize >= _ROW_SWEEP
+
+
+@njit(inline="always")
 def _lstm_cells(g, gh, bias, c_in, c, h, y, hidden, u0, u1, z, tc):
     """One step of units [u0, u1), every row: g (B, 4H) holds x W_ih^T on entry, the gate
     activations i, f, g, o on return; gh (>=B, >=4nu) the recurrent products of these
     units (gate q at columns [q*nu, (q+1)*nu)); c_in, c, h, y (B, H); z (4, B, nu) and
-    tc (B, nu) C-contiguous scratch.  c = f c_in + i g;  h = y = o tanh(c).
+    tc (B, nu) C-contiguous scratch (unused, and may be empty, row by row).
+    c = f c_in + i g;  h = y = o tanh(c).
 
     Rows of at least _ROW_SWEEP bytes of units, or batches of one or two rows, go row by
     row in six SIMD sweeps (_lstm_row). Shorter rows of larger batches first gather the
@@ -1054,7 +1061,7 @@ def _lstm_cells(g, gh, bias, c_in, c, h, y, hidden, u0, u1, z, tc):
     and gate, their loops were short enough that their set-up cost as much as the math."""
     nu = u1 - u0
     batch = g.shape[0]
-    if batch <= 2 or nu * g.itemsize >= _ROW_SWEEP:
+    if _row_by_row(batch, nu, g.itemsize):
         for b in range(batch):
             _lstm_row(g[b], gh[b], bias, c_in[b], c[b], h[b], y[b], hidden, u0, u1)
         return
@@ -1081,9 +1088,10 @@ def _lstm_cells(g, gh, bias, c_in, c, h, y, hidden, u0, u1, z, tc):
 def _lstm_row(g, r, bias, c_in, c, h, y, hidden, u0, u1):
     """_lstm_cells of one row: g (4H,) turns into the activations in place, gate by gate
     (each activation reads x W_ih^T, the recurrent product r (>=4nu,) and the bias in the
-    same sweep), then c and h. Six sweeps, the first four independent of each other: the
-    gathered form (z) measured 30% slower at batch 1 (16 loops, each a few vectors long,
-    one after another) and at batch 32 with 128 units per thread."""
+    same sweep), then c and h. Six sweeps, the first four independent of each other. On
+    their own, the gathered form (z: 16 loops, each a few vectors long, one after another)
+    measured 30% slower at batch 1 and at batch 32 with 128 units per thread; inside the
+    batch-1 time loop, bound by the stream of W_hh, the difference did not show."""
     nu = u1 - u0
     i, f = g[u0:u1], g[hidden + u0:hidden + u1]
     gg, o = g[2 * hidden + u0:2 * hidden + u1], g[3 * hidden + u0:3 * hidden + u1]
@@ -1423,13 +1431,14 @@ def _lstm_fwd_units(x, w_ih, xp, w_hh, bias, hs, cs, gates, y, lengths, mask, re
     nrb = -(-m // _PROJ_MR)
     npx = -(-4 * nu // xp.shape[3]) if m > 0 else 0
     kcp = _proj_chunk(hidden)
+    zn = 0 if _row_by_row(batch, nu, gates.itemsize) else nu     # the gathered gate math's units
     # this thread's buffers, kept alive to the end (their views count no references)
     own = (np.empty((nrb, x.shape[2], _PROJ_MR), gates.dtype),
            _unit_table(nrb, npx, -(-x.shape[2] // kcp), m, _PROJ_MR, xp.shape[3], hidden, u0, nu, reverse),
            np.empty((_PROJ_GROUP, _PROJ_MR, xp.shape[3]), gates.dtype),
            np.empty((ap.shape[1] * mr, npan * nr), gates.dtype),        # the recurrent product
-           np.empty((4, batch, nu), gates.dtype),                       # gate math scratch
-           np.empty((batch, nu), gates.dtype))
+           np.empty((4, batch, zn), gates.dtype),                       # gate math scratch
+           np.empty((batch, zn), gates.dtype))
     apx, tab, tiles, gh = unmanaged(own[0]), unmanaged(own[1]), unmanaged(own[2]), unmanaged(own[3])
     z, tc = unmanaged(own[4]), unmanaged(own[5])
     xpan = xp[k, :npx]

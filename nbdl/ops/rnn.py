@@ -92,7 +92,7 @@ def _weights_ok(w, x, hidden, g, layer_input):
     for i, (t, shape) in enumerate(zip(w, want)):
         if t is None and i >= 2:
             continue
-        if not (isinstance(t, Tensor) and t.device == device and tuple(t.array.shape) == shape
+        if not (isinstance(t, Tensor) and t.device == device and t.array.shape == shape
                 and t.array.dtype == dtype):
             return False
     return True
