@@ -121,7 +121,7 @@ def make_multi(arrays, parents=(), backward=None, device=None):
     received no gradient) and returns one gradient (or None) per parent.
     """
     dev = device if device is not None else (parents[0].device if parents else _infer_device(arrays[0]))
-    outs = tuple(Tensor(a, device=dev) for a in arrays)
+    outs = tuple([Tensor(a, dev) for a in arrays])
     if backward is not None and needs_grad(*parents):
         node = Node(tuple(parents), backward,
                     [(tuple(a.shape), np.dtype(a.dtype)) for a in arrays], True, _op_name(backward))

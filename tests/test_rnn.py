@@ -398,6 +398,98 @@ def test_init_and_names_follow_pytorch():
     assert "reset_after=False" in repr(nn.GRU(2, 3, reset_after=False))
 
 
+# --- the plain inference call -------------------------------------------------------------
+
+PLAIN = [("lstm", {}), ("lstm", dict(bias=False)), ("gru", {}), ("gru", dict(reset_after=False)),
+         ("rnn", {}), ("rnn", dict(nonlinearity="relu"))]
+
+
+def _count_sequences(monkeypatch):
+    """Record each call that takes the general path (builds a _Sequence)."""
+    import nbdl.ops.rnn as R
+    calls = []
+
+    class Counted(R._Sequence):
+        def __init__(self, *args):
+            calls.append(args[0])
+            super().__init__(*args)
+
+    monkeypatch.setattr(R, "_Sequence", Counted)
+    return calls
+
+
+@pytest.mark.parametrize("cell, kw", PLAIN)
+def test_plain_inference_goes_straight_to_the_kernel(device, rng, monkeypatch, cell, kw):
+    """One layer, one direction, zero initial states, all steps, nothing to record: the
+    op skips the general path (_plain_inference), with the general path's bits."""
+    general = _count_sequences(monkeypatch)
+    steps, batch, inputs, hidden = 5, 2, 3, 4
+    m = make(cell, inputs, hidden, dtype=nbdl.float64, device=device, **kw)
+    x = rng.standard_normal((steps, batch, inputs))
+    with nbdl.no_grad():
+        out, hn = m(t(x, device))
+        assert general == []
+        zeros = t(np.zeros((1, batch, hidden)), device)                 # the same call, given states
+        out2, hn2 = m(t(x, device), (zeros, zeros) if cell == "lstm" else zeros)
+        assert len(general) == 1
+    finals = (hn, hn2) if cell != "lstm" else (hn[0], hn2[0])
+    np.testing.assert_array_equal(out.numpy(), out2.numpy())
+    np.testing.assert_array_equal(finals[0].numpy(), finals[1].numpy())
+    if cell == "lstm":
+        np.testing.assert_array_equal(hn[1].numpy(), hn2[1].numpy())
+    ref_out, ref_h, ref_c = np_rnn(cell, x, np_weights(m), nonlinearity=kw.get("nonlinearity", "tanh"),
+                                   reset_after=kw.get("reset_after", True))
+    assert out.shape == (steps, batch, hidden) and finals[0].shape == (1, batch, hidden)
+    assert out.device == nbdl.device.normalize(device) and not out.requires_grad
+    np.testing.assert_allclose(out.numpy(), ref_out, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(finals[0].numpy(), ref_h, rtol=1e-10, atol=1e-12)
+    if cell == "lstm":
+        np.testing.assert_allclose(hn[1].numpy(), ref_c, rtol=1e-10, atol=1e-12)
+
+
+def test_plain_inference_only_without_a_graph_to_record(rng, monkeypatch):
+    """With grad enabled, a parameter that requires grad sends the call down the general
+    path (which records the backward); frozen parameters and a plain input do not."""
+    general = _count_sequences(monkeypatch)
+    m = nn.GRU(3, 4, dtype=nbdl.float64)
+    x = t(rng.standard_normal((5, 2, 3)), "cpu")
+    out, _ = m(x)
+    assert general == ["gru"] and out.requires_grad
+    for p in m.parameters():
+        p.requires_grad_(False)
+    out, _ = m(x)
+    assert general == ["gru"] and not out.requires_grad
+    out, _ = m(t(rng.standard_normal((5, 2, 3)), "cpu", grad=True))
+    assert general == ["gru", "gru"] and out.requires_grad
+    with nbdl.no_grad():                    # what the plain path leaves to the general one
+        m(x, lengths=[5, 3])
+        nn.GRU(3, 4, batch_first=True, dtype=nbdl.float64)(t(rng.standard_normal((2, 5, 3)), "cpu"))
+        nn.GRU(3, 4, num_layers=2, dtype=nbdl.float64)(x)
+        nn.GRU(3, 4, bidirectional=True, dtype=nbdl.float64)(x)
+        nn.GRU(3, 4, recurrent_dropout=0.5, dtype=nbdl.float64).train()(x)
+        m(t(rng.standard_normal((5, 3)), "cpu"))                        # unbatched
+    assert len(general) == 2 + 6
+
+
+def test_plain_inference_rejects_bad_input_like_the_general_path(device):
+    """A call the plain path cannot take plainly goes to the general path, which raises
+    its usual error before any kernel runs."""
+    m = nn.LSTM(3, 4, device=device)
+    cases = [
+        (ValueError, "input_size is 3", lambda: m(nbdl.zeros(5, 2, 4, device=device))),
+        (ValueError, "dimensions", lambda: m(nbdl.zeros(5, 2, 3, 1, device=device))),
+        (TypeError, "dtype mismatch", lambda: m(nbdl.zeros(5, 2, 3, dtype=nbdl.float64, device=device))),
+        (ValueError, "at least one step", lambda: m(nbdl.zeros(0, 2, 3, device=device))),
+        (TypeError, "must be a Tensor", lambda: m(np.zeros((5, 2, 3), np.float32))),
+    ]
+    if device != "cpu":
+        cases.append((ValueError, "different devices", lambda: m(nbdl.zeros(5, 2, 3))))
+    with nbdl.no_grad():
+        for exc, msg, call in cases:
+            with pytest.raises(exc, match=msg):
+                call()
+
+
 # --- bad input: one clear error before any kernel ----------------------------------------
 
 def test_bad_input_is_rejected(device):

@@ -125,15 +125,16 @@ def _forward_ok(g, x, h0, c0, w_ih, w_hh, b_ih, b_hh, mask):
         return False
     steps, batch, inputs = x.shape
     hidden = w_hh.shape[1]
-    state = (batch, hidden)
-    for a, shape, optional in ((x, x.shape, False), (w_hh, (g * hidden, hidden), False),
-                               (w_ih, (g * hidden, inputs), False), (h0, state, False), (c0, state, True),
-                               (b_ih, (g * hidden,), True), (b_hh, (g * hidden,), True), (mask, state, True)):
-        if a is None and optional:
-            continue
-        if not (type(a) is np.ndarray and a.shape == shape and a.dtype == x.dtype and a.flags.c_contiguous):
-            return False
-    return steps >= 1 and batch >= 1 and hidden >= 1
+    rows, state, dtype = g * hidden, (batch, hidden), x.dtype
+    return (steps >= 1 and batch >= 1 and hidden >= 1 and _is(x, x.shape, dtype)
+            and _is(w_hh, (rows, hidden), dtype) and _is(w_ih, (rows, inputs), dtype) and _is(h0, state, dtype)
+            and (c0 is None or _is(c0, state, dtype)) and (b_ih is None or _is(b_ih, (rows,), dtype))
+            and (b_hh is None or _is(b_hh, (rows,), dtype)) and (mask is None or _is(mask, state, dtype)))
+
+
+def _is(a, shape, dtype):
+    """a is a C-contiguous numpy array of this shape and dtype."""
+    return type(a) is np.ndarray and a.shape == shape and a.dtype == dtype and a.flags.c_contiguous
 
 
 def check_backward(op, dy, dh_n, dc_n, x, saved, shapes):

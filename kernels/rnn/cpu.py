@@ -75,8 +75,12 @@ def _empty(shape, dtype, zero=False):
     arrays 16 bytes past a line, so two threads' ranges would share a line at every
     boundary, written by both cores at every step. (At B=1 and H=128 the difference was
     within this machine's noise; the packed panels, read by one core, measured ~3% faster
-    aligned.)"""
-    return _empties([shape], dtype, zero)[0]
+    aligned.) Written out, not through _empties: a microsecond less per call."""
+    dtype = np.dtype(dtype)
+    n = math.prod(shape)
+    buf = (np.zeros if zero else np.empty)(n + _LINE // dtype.itemsize, dtype=dtype)
+    start = (-_address(buf) % _LINE) // dtype.itemsize
+    return buf[start:start + n].reshape(shape)
 
 
 def _empties(shapes, dtype, zero=False):
