@@ -471,9 +471,10 @@ def test_plain_inference_only_without_a_graph_to_record(rng, monkeypatch):
     assert len(general) == 2 + 6
 
 
-def test_plain_inference_rejects_bad_input_like_the_general_path(device):
+def test_plain_inference_rejects_bad_input_like_the_general_path(device, monkeypatch):
     """A call the plain path cannot take plainly goes to the general path, which raises
-    its usual error before any kernel runs."""
+    its usual error (the op's, not a kernel's) before any kernel runs."""
+    general = _count_sequences(monkeypatch)
     m = nn.LSTM(3, 4, device=device)
     cases = [
         (ValueError, "input_size is 3", lambda: m(nbdl.zeros(5, 2, 4, device=device))),
@@ -485,9 +486,18 @@ def test_plain_inference_rejects_bad_input_like_the_general_path(device):
     if device != "cpu":
         cases.append((ValueError, "different devices", lambda: m(nbdl.zeros(5, 2, 3))))
     with nbdl.no_grad():
-        for exc, msg, call in cases:
-            with pytest.raises(exc, match=msg):
+        for k, (exc, msg, call) in enumerate(cases):
+            with pytest.raises(exc, match="^lstm: .*" + msg):
                 call()
+            assert len(general) == k + 1
+    import nbdl.ops.rnn as R
+    x = nbdl.zeros(5, 2, 3, device=device)
+    weights = [m._layer_weights()[0]]
+    with pytest.raises(TypeError, match="^gru: recurrent_dropout must be a number"):
+        R.gru(x, None, [iter(weights[0])], training=True, recurrent_dropout=np.array([0.1, 0.2]))
+    with nbdl.no_grad():            # an iterator of weights: not plain, and the general path runs it
+        out, _ = R.lstm(x, None, [iter(weights[0])])
+    assert out.shape == (5, 2, 4) and len(general) == len(cases) + 2
 
 
 # --- bad input: one clear error before any kernel ----------------------------------------

@@ -323,11 +323,10 @@ class _Sequence:
 
 def _recurrent(op, cfg, input, hx, cx, weights, batch_first, dropout, training, recurrent_dropout, lengths):
     """Validate, run every layer and direction, record one backward for all of them."""
-    if (cfg.directions == 1 and cfg.num_layers == 1 and hx is None and cx is None and lengths is None
-            and not batch_first and not (recurrent_dropout and training)):
-        outs = _plain_inference(cfg, input, weights, dropout, recurrent_dropout)
-        if outs is not None:
-            return outs
+    outs = _plain_inference(cfg, input, hx, cx, weights, batch_first, dropout, training, recurrent_dropout,
+                            lengths)
+    if outs is not None:
+        return outs
     run = _Sequence(op, cfg, input, hx, cx, weights, batch_first, dropout, training, recurrent_dropout, lengths)
     outs = run.forward()
     parents = run.parents() if is_grad_enabled() else ()
@@ -336,26 +335,30 @@ def _recurrent(op, cfg, input, hx, cx, weights, batch_first, dropout, training, 
     return make_multi(outs, parents, run.backward)
 
 
-def _plain_inference(cfg, input, weights, dropout, recurrent_dropout):
-    """The output tensors of the plainest call, or None for any other: one layer, one direction,
-    a batched time-major input, zero initial states, every step of every row, and nothing
-    to record for a backward (no grad mode, or nothing requiring grad). That call is one
-    kernel call; here it goes straight to it. Whatever is not plainly such a call, valid
-    arguments included, returns None, and _Sequence checks it (and raises) as always.
+def _plain_inference(cfg, input, hx, cx, weights, batch_first, dropout, training, recurrent_dropout,
+                     lengths):
+    """The output tensors of the plainest call, or None for any other: one layer, one
+    direction, a batched time-major input, zero initial states, every step of every row, no
+    recurrent dropout, and nothing to record for a backward (no grad mode, or nothing
+    requiring grad). That call is one kernel call; here it goes straight to it. Whatever is
+    not plainly such a call, valid arguments included, returns None, and _Sequence checks
+    it (and raises) as always.
 
     Why: right after a kernel, Python runs about twice as slowly as on its own (the
     kernel leaves it cold in the caches), and a latency-bound call pays that on every
     line. For a 100-step LSTM at batch 1 and hidden size 128 (about 190 us in the kernel
     and its host), the general path measured about 20 us over a bare kernel call, this
     one about 10."""
-    if not (type(input) is Tensor and type(weights) in (list, tuple) and len(weights) == 1
-            and type(dropout) in (float, int)
-            and 0 <= dropout < 1 and type(recurrent_dropout) in (float, int) and 0 <= recurrent_dropout < 1):
+    if not (cfg.num_layers == 1 and cfg.directions == 1 and hx is None and cx is None and lengths is None
+            and batch_first is False and type(input) is Tensor and type(weights) in (list, tuple)
+            and len(weights) == 1 and type(weights[0]) in (list, tuple) and len(weights[0]) == 4
+            and type(dropout) in (float, int) and 0 <= dropout < 1
+            and type(recurrent_dropout) in (float, int) and 0 <= recurrent_dropout < 1
+            and not (recurrent_dropout and training)):
         return None
     x = input.array
     w = weights[0]
-    if x.ndim != 3 or x.dtype not in _FLOATS or len(w) != 4 or not isinstance(w[1], Tensor) \
-            or len(w[1].array.shape) != 2:
+    if x.ndim != 3 or x.dtype not in _FLOATS or not isinstance(w[1], Tensor) or len(w[1].array.shape) != 2:
         return None
     steps, batch, features = x.shape
     hidden = w[1].array.shape[1]
