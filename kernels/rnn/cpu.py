@@ -1539,14 +1539,38 @@ def _carry_cell_grad(dc, f, dh):
         dh[j] = 0
 
 
+_ROWS_AHEAD = 4     # rows of a backward step whose operands are asked for ahead of their math
+
+
+@njit(inline="always")
+def _prefetch_grad_row(g, dy, c_in, c, hidden, u0, u1):
+    """Prefetch what one row's backward step of units [u0, u1) reads: its gate activations,
+    dy and the two cell states."""
+    for q in range(4):
+        _prefetch_range(g, q * hidden + u0, q * hidden + u1)
+    _prefetch_range(dy, u0, u1)
+    _prefetch_range(c_in, u0, u1)
+    _prefetch_range(c, u0, u1)
+
+
 @njit(**_JIT)
 def _lstm_grads(d, g, dy, c_in, c, dh, dc, dbias, lengths, t, tc, hidden, u0, u1):
     """One backward step of units [u0, u1), every row: d (B, 4H) = dL/d(pre-activations)
     (zero for rows inactive at t), also summed into the bias gradient dbias (4H,) (steps
-    in backward order, rows in order)."""
+    in backward order, rows in order).
+
+    Each row first asks for the operands of the row _ROWS_AHEAD on. At batch 32 and H = 256
+    about half of this function's time went to waiting for them (measured against the same
+    loop reading one step's rows over and over), although the loop prefetches each step's
+    rows before the recurrent product: that product streams half a megabyte of weight
+    panels per thread through the caches in between. The row-ahead requests took 3-5% off
+    the backward."""
     h1, h2, h3 = hidden, 2 * hidden, 3 * hidden
     for b in range(d.shape[0]):
         drow = d[b]
+        a = b + _ROWS_AHEAD
+        if a < d.shape[0]:
+            _prefetch_grad_row(g[a], dy[a], c_in[a], c[a], hidden, u0, u1)
         if t < lengths[b]:
             gb = g[b]
             _lstm_grad(drow[u0:u1], drow[h1 + u0:h1 + u1], drow[h2 + u0:h2 + u1], drow[h3 + u0:h3 + u1],
