@@ -632,13 +632,13 @@ def test_cpu_lstm_threads_give_the_same_bits(rng, dtype, monkeypatch):
     """The time loop shared among threads by hidden units (spin barriers) gives exactly the
     one-thread result, for every row-block shape: one row (matrix-vector products), blocks of
     MR or 8 rows with padding, odd hidden sizes, lengths, masks, reverse; and it matches the
-    numpy reference. The gate math switches form with a thread's units (see _lstm_cells):
-    at batch 4 and H = 70 row by row on one thread (70 units) and, in float32, gathered on
-    two (35 each); at batch 13 and H = 37 in float64 likewise (37 units, 18 and 19): the
-    same bits."""
+    numpy reference. The gate math's form follows the shape alone (see _row_by_row), on one
+    thread as on two: at batch 4, H = 70 goes row by row in float64 (560-byte rows) and
+    gathered in float32 (280 bytes), H = 130 row by row in float32 (65 units a thread, with
+    a vector tail); batch 13 and H = 37 gathered."""
     from nbdl.kernels.rnn import cpu
     for steps, batch, inputs, hidden in [(4, 1, 3, 7), (3, 2, 5, 9), (3, 1, 4, 40), (5, 5, 4, 16), (3, 13, 6, 37),
-                                         (3, 4, 5, 70)]:
+                                         (3, 4, 5, 70), (3, 4, 5, 130)]:
         w = [rng.standard_normal(s).astype(dtype) * 0.5
              for s in ((4 * hidden, inputs), (4 * hidden, hidden), (4 * hidden,), (4 * hidden,))]
         x = rng.standard_normal((steps, batch, inputs)).astype(dtype)

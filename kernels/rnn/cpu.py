@@ -1039,15 +1039,19 @@ def _rnn_bwd(dy, dh, hs, w_hh_t, dg, lengths, relu, reverse, bounds):
 # 0: loops over an offset range of a larger array stayed scalar (LLVM cannot rule out
 # negative-index wrap-around). Each call is one SIMD sweep whose set-up and latency cost
 # about as much as a few vectors of math, so the sweeps are made few and long: row by row
-# where a thread's share of a row is long, over all rows at once where it is short.
+# where rows are long, over all rows at once where they are short.
 
-_ROW_SWEEP = 256   # bytes of a row's units from which the gate math sweeps row by row
+_ROW_SWEEP = 512   # bytes of a state row (all H units) from which the gate math goes row by row
 
 
 @njit(inline="always")
-def _row_by_row(batch, nu, itemsize):
-    """Whether the gate math of nu units per row goes row by row (see _lstm_cells)."""
-    return batch <= 2 or nu * itemsize >= _ROW_SWEEP
+def _row_by_row(batch, hidden, itemsize):
+    """Whether the gate math goes row by row (see _lstm_cells). Decided on the whole row,
+    not on a thread's share of it, so that every thread count takes the same form: the two
+    forms share one expression per value, but on some CPUs (Intel Emerald Rapids, float32)
+    the compiled forms still differed in the last bit. With two threads the line falls at
+    256 bytes of a thread's units, where row by row measured faster (batch 32)."""
+    return batch <= 2 or hidden * itemsize >= _ROW_SWEEP
 
 
 @njit(inline="always")
@@ -1058,14 +1062,14 @@ def _lstm_cells(g, gh, bias, c_in, c, h, y, hidden, u0, u1, z, tc):
     tc (B, nu) C-contiguous scratch (unused, and may be empty, row by row).
     c = f c_in + i g;  h = y = o tanh(c).
 
-    Rows of at least _ROW_SWEEP bytes of units, or batches of one or two rows, go row by
-    row in six SIMD sweeps (_lstm_row). Shorter rows of larger batches first gather the
+    Rows of at least _ROW_SWEEP bytes (all H units), or batches of one or two rows, go row
+    by row in six SIMD sweeps (_lstm_row). Shorter rows of larger batches first gather the
     pre-activations into z gate by gate, so each activation is one long sweep over every
     row (sigmoid over i and f together, tanh over g, sigmoid over o, tanh over c): per row
     and gate, their loops were short enough that their set-up cost as much as the math."""
     nu = u1 - u0
     batch = g.shape[0]
-    if _row_by_row(batch, nu, g.itemsize):
+    if _row_by_row(batch, hidden, g.itemsize):
         for b in range(batch):
             _lstm_row(g[b], gh[b], bias, c_in[b], c[b], h[b], y[b], hidden, u0, u1)
         return
@@ -1435,7 +1439,7 @@ def _lstm_fwd_units(x, w_ih, xp, w_hh, bias, hs, cs, gates, y, lengths, mask, re
     nrb = -(-m // _PROJ_MR)
     npx = -(-4 * nu // xp.shape[3]) if m > 0 else 0
     kcp = _proj_chunk(hidden)
-    zn = 0 if _row_by_row(batch, nu, gates.itemsize) else nu     # the gathered gate math's units
+    zn = 0 if _row_by_row(batch, hidden, gates.itemsize) else nu     # the gathered gate math's units
     # this thread's buffers, kept alive to the end (their views count no references)
     own = (np.empty((nrb, x.shape[2], _PROJ_MR), gates.dtype),
            _unit_table(nrb, npx, -(-x.shape[2] // kcp), m, _PROJ_MR, xp.shape[3], hidden, u0, nu, reverse),
