@@ -1111,8 +1111,8 @@ def _lstm_row(g, r, bias, c_in, c, h, y, hidden, u0, u1):
     _cell_output(o, c[u0:u1], h[u0:u1], y[u0:u1])
 
 
-# One expression each for both forms of the gate math (row by row, gathered): which
-# form runs depends on a thread's share of the units, and the bits must not.
+# One expression each for both forms of the gate math (row by row, gathered), so the two
+# compute the same thing; which form runs follows the shape alone (see _row_by_row).
 
 @njit(inline="always")
 def _gate_input(g, r, b):
@@ -1549,7 +1549,8 @@ _ROWS_AHEAD = 4     # rows of a backward step whose operands are asked for ahead
 @njit(inline="always")
 def _prefetch_grad_row(g, dy, c_in, c, hidden, u0, u1):
     """Prefetch what one row's backward step of units [u0, u1) reads: its gate activations,
-    dy and the two cell states."""
+    dy and the two cell states. (_prefetch_rows on a one-row slice measured 3% slower in
+    the backward: a slice of a managed array counts references, twice as many slices.)"""
     for q in range(4):
         _prefetch_range(g, q * hidden + u0, q * hidden + u1)
     _prefetch_range(dy, u0, u1)
