@@ -1493,55 +1493,14 @@ def _lstm_fwd(x, w_ih, xp, w_hh, bias, hs, cs, gates, y, lengths, mask, reverse,
                         units, k)
 
 
-@njit(inline="always")
-def _lstm_grad(di, df, dgg, do, i, f, gg, o, dy, c_in, c, dh, dc, tc):
-    """Pre-activation gradients of one row's units; dh, dc become the gradients w.r.t.
-    the step's input states (dh: its direct part, zero; the recurrent part comes later).
-    tc: scratch for tanh(c). In sweeps of at most four arrays: one loop over all fourteen
-    stayed scalar (LLVM's checks that the arrays do not overlap grow with their pairs),
-    six times slower at batch 32."""
-    _copy(tc, c)
-    _tanh_(tc)
-    _add_row(dh, dy)                        # dL/dh, the output's part included
-    _sigmoid_grad(do, dh, tc, o)            # do = dh tanh(c) o (1 - o)
-    _cell_grad(dc, dh, o, tc)               # dL/dc
-    _sigmoid_grad(di, dc, gg, i)            # di = dc g i (1 - i)
-    _sigmoid_grad(df, dc, c_in, f)          # df = dc c_in f (1 - f)
-    _candidate_grad(dgg, dc, i, gg)
-    _carry_cell_grad(dc, f, dh)
-
-
-@njit(**_JIT)
-def _sigmoid_grad(d, a, b, s):
-    """d = a b s (1 - s): the gradient of a sigmoid gate s, times what it multiplies."""
-    one = d.dtype.type(1)
-    for j in range(d.shape[0]):
-        d[j] = a[j] * b[j] * s[j] * (one - s[j])
-
-
-@njit(**_JIT)
-def _cell_grad(dc, dh, o, tc):
-    """dc += dh o (1 - tanh(c)^2)."""
-    one = dc.dtype.type(1)
-    for j in range(dc.shape[0]):
-        dc[j] = dc[j] + dh[j] * o[j] * (one - tc[j] * tc[j])
-
-
-@njit(**_JIT)
-def _candidate_grad(dgg, dc, i, gg):
-    """dg = dc i (1 - g^2)."""
-    one = dgg.dtype.type(1)
-    for j in range(dgg.shape[0]):
-        dgg[j] = dc[j] * i[j] * (one - gg[j] * gg[j])
-
-
-@njit(**_JIT)
-def _carry_cell_grad(dc, f, dh):
-    """dc = dc f (the gradient reaching c_in); dh = 0."""
-    for j in range(dc.shape[0]):
-        dc[j] = dc[j] * f[j]
-        dh[j] = 0
-
+# The backward's gate math runs in sweeps: each over every row of the thread's units, and
+# each of at most four arrays. One loop over all fourteen arrays stayed scalar (LLVM's
+# checks that the arrays do not overlap grow with their pairs); a sweep per row, a few
+# vectors long, spent as much on its start and latency as on its math (one step of 32 rows
+# by 128 units: 9.0 us in sweeps per row, 7.2 us in sweeps over all rows). The sweeps run
+# on inactive rows too (rows past their length, whose gates the forward also computed):
+# their dh, dc are set aside first and put back after, their d is zeroed, so the sweeps
+# need no test per row (which measured twice as slow).
 
 _ROWS_AHEAD = 4     # rows of a backward step whose operands are asked for ahead of their math
 
@@ -1559,33 +1518,123 @@ def _prefetch_grad_row(g, dy, c_in, c, hidden, u0, u1):
 
 
 @njit(**_JIT)
-def _lstm_grads(d, g, dy, c_in, c, dh, dc, dbias, lengths, t, tc, hidden, u0, u1):
+def _tanh_rows(tc, c, g, dy, c_in, hidden, u0, u1):
+    """tc[r, u] = tanh(c[r, u]) for u in [u0, u1). The first sweep of a step, so each row
+    first asks for the operands of the row _ROWS_AHEAD on: the step's rows were prefetched
+    before the recurrent product, but that product streams half a megabyte of weight panels
+    per thread through the caches in between (at B=32, H=256 waiting for them was about
+    half of the gate math; the row-ahead requests took 3-5% off the backward)."""
+    for r in range(tc.shape[0]):
+        a = r + _ROWS_AHEAD
+        if a < tc.shape[0]:
+            _prefetch_grad_row(g[a], dy[a], c_in[a], c[a], hidden, u0, u1)
+        tr, cr = tc[r, u0:u1], c[r, u0:u1]
+        for j in range(tr.shape[0]):
+            tr[j] = tanh(cr[j])
+
+
+@njit(**_JIT)
+def _add_rows(a, b, u0, u1):
+    """a[r, u] += b[r, u] for u in [u0, u1)."""
+    for r in range(a.shape[0]):
+        ar, br = a[r, u0:u1], b[r, u0:u1]
+        for j in range(ar.shape[0]):
+            ar[j] += br[j]
+
+
+@njit(**_JIT)
+def _sigmoid_grad_rows(d, dq, a, b, bq, s, sq, u0, u1):
+    """d[r, dq+u] = a[r, u] b[r, bq+u] s[r, sq+u] (1 - s[r, sq+u]) for u in [u0, u1): the
+    gradient of a sigmoid gate s (columns from sq on), times what it multiplies."""
+    one = d.dtype.type(1)
+    for r in range(d.shape[0]):
+        dr, ar = d[r, dq + u0:dq + u1], a[r, u0:u1]
+        br, sr = b[r, bq + u0:bq + u1], s[r, sq + u0:sq + u1]
+        for j in range(dr.shape[0]):
+            dr[j] = ar[j] * br[j] * sr[j] * (one - sr[j])
+
+
+@njit(**_JIT)
+def _cell_grad_rows(dc, dh, g, oq, tc, u0, u1):
+    """dc += dh o (1 - tanh(c)^2), o = g[:, oq + u]."""
+    one = dc.dtype.type(1)
+    for r in range(dc.shape[0]):
+        dcr, dhr, o, tr = dc[r, u0:u1], dh[r, u0:u1], g[r, oq + u0:oq + u1], tc[r, u0:u1]
+        for j in range(dcr.shape[0]):
+            dcr[j] = dcr[j] + dhr[j] * o[j] * (one - tr[j] * tr[j])
+
+
+@njit(**_JIT)
+def _candidate_grad_rows(d, dc, g, iq, gq, u0, u1):
+    """dg = dc i (1 - g^2) into d[:, gq + u], with i = g[:, iq + u] and g = g[:, gq + u]."""
+    one = d.dtype.type(1)
+    for r in range(d.shape[0]):
+        dr, dcr = d[r, gq + u0:gq + u1], dc[r, u0:u1]
+        i, gg = g[r, iq + u0:iq + u1], g[r, gq + u0:gq + u1]
+        for j in range(dr.shape[0]):
+            dr[j] = dcr[j] * i[j] * (one - gg[j] * gg[j])
+
+
+@njit(**_JIT)
+def _carry_cell_grad_rows(dc, dh, g, fq, u0, u1):
+    """dc = dc f (the gradient reaching c_in), f = g[:, fq + u]; dh = 0."""
+    for r in range(dc.shape[0]):
+        dcr, dhr, f = dc[r, u0:u1], dh[r, u0:u1], g[r, fq + u0:fq + u1]
+        for j in range(dcr.shape[0]):
+            dcr[j] = dcr[j] * f[j]
+            dhr[j] = 0
+
+
+@njit(**_JIT)
+def _bias_grad_rows(dbias, d, lengths, t, hidden, u0, u1):
+    """dbias[q*H + u] += d[r, q*H + u] over the rows active at step t, in row order; the
+    rows inactive at t get d = 0."""
+    for q in range(4):
+        lo, hi = q * hidden + u0, q * hidden + u1
+        for r in range(d.shape[0]):
+            if t < lengths[r]:
+                _add_row(dbias[lo:hi], d[r, lo:hi])
+            else:
+                _fill(d[r, lo:hi], 0)
+
+
+@njit(**_JIT)
+def _set_aside(dh, dc, kept, lengths, t, u0, u1):
+    """kept[0, r], kept[1, r] = dh[r], dc[r] (units [u0, u1)) for the rows inactive at t."""
+    for r in range(dh.shape[0]):
+        if t >= lengths[r]:
+            _copy(kept[0, r, u0:u1], dh[r, u0:u1])
+            _copy(kept[1, r, u0:u1], dc[r, u0:u1])
+
+
+@njit(**_JIT)
+def _put_back(dh, dc, kept, lengths, t, u0, u1):
+    """The inverse of _set_aside: an inactive row's state gradients pass through unchanged."""
+    for r in range(dh.shape[0]):
+        if t >= lengths[r]:
+            _copy(dh[r, u0:u1], kept[0, r, u0:u1])
+            _copy(dc[r, u0:u1], kept[1, r, u0:u1])
+
+
+@njit(**_JIT)
+def _lstm_grads(d, g, dy, c_in, c, dh, dc, dbias, lengths, t, tc, kept, hidden, u0, u1):
     """One backward step of units [u0, u1), every row: d (B, 4H) = dL/d(pre-activations)
     (zero for rows inactive at t), also summed into the bias gradient dbias (4H,) (steps
-    in backward order, rows in order).
-
-    Each row first asks for the operands of the row _ROWS_AHEAD on. At batch 32 and H = 256
-    about half of this function's time went to waiting for them (measured against the same
-    loop reading one step's rows over and over), although the loop prefetches each step's
-    rows before the recurrent product: that product streams half a megabyte of weight
-    panels per thread through the caches in between. The row-ahead requests took 3-5% off
-    the backward."""
+    in backward order, rows in order); dh, dc (B, H) become the gradients w.r.t. the step's
+    input states (dh: its direct part, zero; the recurrent part comes later). Scratch:
+    tc (B, H) for tanh(c), kept (2, B, H) for the inactive rows' dh, dc."""
     h1, h2, h3 = hidden, 2 * hidden, 3 * hidden
-    for b in range(d.shape[0]):
-        drow = d[b]
-        a = b + _ROWS_AHEAD
-        if a < d.shape[0]:
-            _prefetch_grad_row(g[a], dy[a], c_in[a], c[a], hidden, u0, u1)
-        if t < lengths[b]:
-            gb = g[b]
-            _lstm_grad(drow[u0:u1], drow[h1 + u0:h1 + u1], drow[h2 + u0:h2 + u1], drow[h3 + u0:h3 + u1],
-                       gb[u0:u1], gb[h1 + u0:h1 + u1], gb[h2 + u0:h2 + u1], gb[h3 + u0:h3 + u1],
-                       dy[b, u0:u1], c_in[b, u0:u1], c[b, u0:u1], dh[b, u0:u1], dc[b, u0:u1], tc)
-            for q in range(4):
-                _add_row(dbias[q * hidden + u0:q * hidden + u1], drow[q * hidden + u0:q * hidden + u1])
-        else:
-            for q in range(4):
-                _fill(drow[q * hidden + u0:q * hidden + u1], 0)
+    _set_aside(dh, dc, kept, lengths, t, u0, u1)
+    _tanh_rows(tc, c, g, dy, c_in, hidden, u0, u1)
+    _add_rows(dh, dy, u0, u1)                               # dL/dh, the output's part included
+    _sigmoid_grad_rows(d, h3, dh, tc, 0, g, h3, u0, u1)     # do = dh tanh(c) o (1 - o)
+    _cell_grad_rows(dc, dh, g, h3, tc, u0, u1)              # dL/dc
+    _sigmoid_grad_rows(d, 0, dc, g, h2, g, 0, u0, u1)       # di = dc g i (1 - i)
+    _sigmoid_grad_rows(d, h1, dc, c_in, 0, g, h1, u0, u1)   # df = dc c_in f (1 - f)
+    _candidate_grad_rows(d, dc, g, 0, h2, u0, u1)           # dg = dc i (1 - g^2)
+    _carry_cell_grad_rows(dc, dh, g, h1, u0, u1)
+    _bias_grad_rows(dbias, d, lengths, t, hidden, u0, u1)
+    _put_back(dh, dc, kept, lengths, t, u0, u1)
 
 
 @njit(**_JIT)
@@ -1649,12 +1698,14 @@ def _lstm_bwd_units(dy, dh, dc, cs, gates, w_hh, dgt, dbias, lengths, mask, reve
     wk = wp[k, :npan]
     _pack_panels(w_hh[:, u0:u1], wk, 0, npan)
     own = (np.empty((ap.shape[1] * mr, npan * nr), dy.dtype),     # the recurrent product
-           np.empty(nu, dy.dtype),
-           np.empty((batch, 4 * hidden), dy.dtype))                # this step's gradients (own units only)
-    dhr, tc, d = unmanaged(own[0]), unmanaged(own[1]), unmanaged(own[2])
+           np.empty((batch, 4 * hidden), dy.dtype),                # this step's gradients (own units only)
+           np.empty((batch, hidden), dy.dtype),                    # tanh(c) (own units only)
+           np.empty((2, batch, hidden), dy.dtype))                 # inactive rows' dh, dc (own units only)
+    dhr, d, tc, kept = unmanaged(own[0]), unmanaged(own[1]), unmanaged(own[2]), unmanaged(own[3])
     for s in range(steps):
         t, tin, tout = _backward_slots(s, steps, reverse)
-        _lstm_grads(d, gates[t], dy[t], cs[tin], cs[tout], dh, dc, dbias, lengths, t, tc, hidden, u0, u1)
+        _lstm_grads(d, gates[t], dy[t], cs[tin], cs[tout], dh, dc, dbias, lengths, t, tc, kept, hidden,
+                    u0, u1)
         _store_cols(d, dgt, t * batch, 4, hidden, u0, u1)
         if mr == 1:                  # one value per row of dgt: scatter the rows of d instead
             for b in range(batch):
