@@ -149,13 +149,30 @@ def _accumulate_leaf(leaf, g):
     Backward closures may hand one array to several inputs (both sides of a + b get
     the same gy) or pass the caller's gradient through unchanged, and .grad is later
     modified in place (zero_(), gradient clipping, optimizers): so, like PyTorch, a
-    leaf never shares its .grad storage with anything else.
+    leaf never shares its .grad storage with anything else. Later gradients add into
+    that storage in place, like PyTorch (the same .grad tensor; no new array per
+    backward: the sum of a 1 MB weight gradient cost an allocation and a page-faulting
+    first write). A .grad the user set to an array that cannot take the sum in place
+    (another shape, dtype or device, or read-only) is replaced by a new sum instead.
     """
-    if leaf.grad is None:
-        new = _dev.copy(g, leaf.device)
+    grad = leaf.grad
+    if grad is None:
+        leaf.grad = Tensor(_dev.copy(g, leaf.device), device=leaf.device)
+    elif _adds_in_place(grad, g, leaf.device):
+        if leaf.device == "cpu":
+            np.add(grad.array, g, out=grad.array)
+        else:
+            _dev.kernels("elementwise", leaf.device).axpy(1.0, g, grad.array)   # y + 1.0 x: the same bits
     else:
-        new = _accumulate(leaf.grad.array, g, leaf.device)
-    leaf.grad = Tensor(new, device=leaf.device)
+        leaf.grad = Tensor(_accumulate(grad.array, g, leaf.device), device=leaf.device)
+
+
+def _adds_in_place(grad, g, device):
+    """Whether the existing .grad tensor can take g in place."""
+    a = grad.array
+    if grad.device != device or tuple(a.shape) != tuple(g.shape) or np.dtype(a.dtype) != np.dtype(g.dtype):
+        return False
+    return a.flags.writeable if device == "cpu" else True
 
 
 def _topo_nodes(root):

@@ -104,6 +104,32 @@ def test_gradients_accumulate_like_pytorch(device):
     np.testing.assert_allclose(x.grad.numpy(), 2 * np.array([1.0, 2, 3]) + 3.0)
 
 
+def test_gradients_accumulate_in_place_into_a_private_grad(device):
+    x = T([1.0, 2.0, 3.0], device, grad=True)
+    gy = T([1.0, 10.0, 100.0], device)
+    (x * 1.0).backward(gy)
+    first = x.grad
+    assert first.array is not gy.array                  # the first gradient is a private copy
+    (x * 2.0).backward(gy)
+    assert x.grad is first                              # later ones add into it, like PyTorch
+    np.testing.assert_array_equal(first.numpy(), [3.0, 30.0, 300.0])
+    np.testing.assert_array_equal(gy.numpy(), [1.0, 10.0, 100.0])
+
+
+def test_a_grad_that_cannot_take_the_sum_in_place_is_replaced():
+    x = T([1.0, 2.0], "cpu", grad=True)
+    frozen = np.array([5.0, 6.0])
+    frozen.flags.writeable = False
+    x.grad = nbdl.tensor(frozen)
+    (x * 1.0).sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), [6.0, 7.0])
+    np.testing.assert_array_equal(frozen, [5.0, 6.0])
+    x.grad = nbdl.tensor(np.array([1.0, 1.0], dtype=np.float32))   # another dtype: numpy's promotion
+    (x * 1.0).sum().backward()
+    assert x.grad.dtype == np.float64
+    np.testing.assert_array_equal(x.grad.numpy(), [2.0, 2.0])
+
+
 def test_shared_subexpression_and_multiple_paths(device):
     x = T([0.5, -1.0], device, grad=True)
     y = x * 2.0
