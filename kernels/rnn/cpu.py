@@ -1646,21 +1646,39 @@ def _prefetch_cols(dgt, c0, n, gates, hidden, u0, u1):
             _prefetch_range(dgt[j], c0, c0 + n)
 
 
+@njit(inline="always")
+def _store_rect(d, dgt, c0, j0, j1, b0, b1):
+    """dgt[j, c0 + b] = d[b, j] for j0 <= j < j1, b0 <= b < b1, value by value, in runs of
+    _TILE columns (so the rows of d and dgt involved stay in L1)."""
+    base = np.uint64(c0)
+    for jt in range(j0, j1, _TILE):
+        for b in range(b0, b1):
+            src = d[b]
+            ub = base + np.uint64(b)
+            for j in range(np.uint64(jt), np.uint64(min(j1, jt + _TILE))):
+                dgt[j, ub] = src[j]
+
+
 @njit(**_JIT)
 def _store_cols(d, dgt, c0, gates, hidden, u0, u1):
     """dgt[q*H + u, c0 + b] = d[b, q*H + u] for the units [u0, u1) of every gate: a step's
     gradients into the transposed layout the weight-gradient products read row by row.
-    In tiles of _TILE columns, so the rows of d and dgt involved stay in L1."""
-    batch = d.shape[0]
-    base = np.uint64(c0)
+    Whole lanes x lanes tiles are transposed in registers (transpose_tile: a vector store
+    per row of dgt and tile; value by value this copy took 5% of the backward at B=32 and
+    H=256); the edges value by value."""
+    batch, width = d.shape
+    ldd = dgt.shape[1]
+    lanes_ = _VECTOR_BYTES // d.itemsize
+    nu = u1 - u0
+    b_full = batch - batch % lanes_
+    j_full = nu - nu % lanes_
     for q in range(gates):
-        for j0 in range(q * hidden + u0, q * hidden + u1, _TILE):
-            j1 = min(q * hidden + u1, j0 + _TILE)
-            for b in range(batch):
-                src = d[b]
-                ub = base + np.uint64(b)
-                for j in range(np.uint64(j0), np.uint64(j1)):
-                    dgt[j, ub] = src[j]
+        j0 = q * hidden + u0
+        for jt in range(0, j_full, lanes_):
+            for bt in range(0, b_full, lanes_):
+                transpose_tile(d, bt * width + j0 + jt, width, dgt, (j0 + jt) * ldd + c0 + bt, ldd)
+        _store_rect(d, dgt, c0, j0, j0 + j_full, b_full, batch)      # rows past the tiles
+        _store_rect(d, dgt, c0, j0 + j_full, j0 + nu, 0, batch)      # columns past the tiles
 
 
 @njit(**_JIT)
