@@ -240,6 +240,23 @@ def test_gradcheck_every_flag(rng):
         gradcheck(fn, [x, h0, c0 if cell == "lstm" else t(np.zeros(1), "cpu"), *flat], atol=1e-7)
 
 
+def test_lstm_gradcheck_tiled_batch(rng):
+    """The CPU backward's tiled paths (a step's gradients move into the transposed layout in
+    8 x 8 float64 tiles, and value by value at the edges): batch 9 and 10 units, with
+    lengths, along random directions."""
+    steps, batch, inputs, hidden = 3, 9, 3, 10
+    x = t(rng.standard_normal((steps, batch, inputs)), "cpu", True)
+    h0 = t(rng.standard_normal((1, batch, hidden)), "cpu", True)
+    c0 = t(rng.standard_normal((1, batch, hidden)), "cpu", True)
+    flat = random_weights(rng, "lstm", inputs, hidden)
+
+    def fn(x, h0, c0, *flat):
+        out, hn = FUNCTIONAL["lstm"](x, (h0, c0), grouped(flat), lengths=[3, 1, 2, 3, 3, 2, 1, 3, 2])
+        return out, hn[1]
+
+    gradcheck(fn, [x, h0, c0, *flat], atol=1e-7, n_directions=4)
+
+
 def test_gradcheck_cuda_random_directions(rng):
     """The CUDA kernels' BPTT along random directions (simulator: tiny sizes, few inputs)."""
     if not nbdl.cuda_available():
@@ -635,10 +652,11 @@ def test_cpu_lstm_threads_give_the_same_bits(rng, dtype, monkeypatch):
     numpy reference. The gate math's form follows the shape alone (see _row_by_row), on one
     thread as on two: at batch 4, H = 70 goes row by row in float64 (560-byte rows) and
     gathered in float32 (280 bytes), H = 130 row by row in float32 (65 units a thread, with
-    a vector tail); batch 13 and H = 37 gathered."""
+    a vector tail); batch 13 and H = 37 gathered; batch 18 and H = 40: the backward moves
+    a step's gradients in whole register tiles and at the edges."""
     from nbdl.kernels.rnn import cpu
     for steps, batch, inputs, hidden in [(4, 1, 3, 7), (3, 2, 5, 9), (3, 1, 4, 40), (5, 5, 4, 16), (3, 13, 6, 37),
-                                         (3, 4, 5, 70), (3, 4, 5, 130)]:
+                                         (3, 4, 5, 70), (3, 4, 5, 130), (3, 18, 5, 40)]:
         w = [rng.standard_normal(s).astype(dtype) * 0.5
              for s in ((4 * hidden, inputs), (4 * hidden, hidden), (4 * hidden,), (4 * hidden,))]
         x = rng.standard_normal((steps, batch, inputs)).astype(dtype)
