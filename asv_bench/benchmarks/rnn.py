@@ -13,7 +13,8 @@ frameworks. FLOPs count the GEMMs only: forward 2 T B G H (I + H) with G gate
 blocks; backward adds 2 T B G H (I + 2H) (dW_ih, dW_hh and the recurrent dh).
 
 ``python -m asv_bench.benchmarks.rnn [threads] [cell ...]`` prints the nbdl/PyTorch
-ratios of every pair in one process (see ``_compare``).
+ratios of every pair in one process, in rounds that time both back to back (see
+``_compare``).
 """
 import numpy as np
 
@@ -88,22 +89,33 @@ class TorchRNN(_RNN):
     framework = staticmethod(torch_on)
 
 
-def _compare(threads=2, repeats=7, cells=None):
+def _compare(threads=2, repeats=7, cells=None, rounds=5):
     """Print nbdl against PyTorch on every (cell, shape) of RUNS, float32, in one process.
 
-    Medians of at least ``repeats`` calls (as many as fit in about 50 ms for short
-    calls), nbdl and PyTorch interleaved and each side measured twice (the better median
-    kept), so a burst of load on a shared machine hurts both alike; each side starts
-    after a pause in which the other's worker threads stop spinning (at batch 1 a call
-    is a few tenths of a millisecond, shorter than that spinning). Same layer weights on
-    both sides; forward under no_grad, forward+backward computes the weight gradients
-    (the input does not require grad).
+    Each (cell, shape) runs ``rounds`` rounds. A round times nbdl and PyTorch back to back
+    (medians of at least ``repeats`` calls, as many as fit in about 50 ms for short calls;
+    which side goes first alternates) and takes their ratio; printed are each side's median
+    time over the rounds and the median of the rounds' ratios, with their range. On a
+    shared machine whose speed changes within seconds, two timings taken seconds apart can
+    differ by tens of percent for reasons of their own; the two sides of one round are
+    taken within a fraction of a second. Each side starts after a pause in which the other
+    library's worker threads stop spinning (at batch 1 a call is a few tenths of a
+    millisecond, shorter than that spinning). Same layer weights on both sides; forward
+    under no_grad, forward+backward computes the weight gradients (the input does not
+    require grad).
+
+    The header gives the machine's parallel speed-up at the start: a matrix product on one
+    thread and on ``threads`` (on a shared virtual machine the second core is at times
+    mostly somebody else's, and two-thread time loops then slow down more than one-thread
+    code).
     """
     import os
     import time
 
     import numba
     import torch
+
+    import nbdl
 
     torch.set_num_threads(threads)
     numba.set_num_threads(threads)
@@ -120,10 +132,17 @@ def _compare(threads=2, repeats=7, cells=None):
             times.append(time.perf_counter() - t0)
         return float(np.median(times))
 
-    print(f"{threads} thread(s), wall clock, median of >= {repeats}; load average "
-          f"{os.getloadavg()[0]:.2f}")
-    print(f"{'cell':9} {'shape (T,B,I,H)':22} {'fwd ms nbdl / torch':>21} {'ratio':>6} "
-          f"{'fwd+bwd ms nbdl / torch':>25} {'ratio':>6}")
+    a, b = nbdl.tensor(randn((384, 256))), nbdl.tensor(randn((256, 512), seed=1))
+    speed = []
+    for n in (1, threads):
+        numba.set_num_threads(n)
+        speed.append(1 / median(lambda: a @ b))
+    numba.set_num_threads(threads)
+    print(f"{threads} thread(s), wall clock, medians of >= {repeats} calls, {rounds} rounds; "
+          f"load average {os.getloadavg()[0]:.2f}; matrix product speed-up on {threads} threads "
+          f"{speed[1] / speed[0]:.2f}")
+    print(f"{'cell':9} {'shape (T,B,I,H)':22} {'fwd ms nbdl / torch':>21} {'ratio (range)':>19} "
+          f"{'fwd+bwd ms nbdl / torch':>25} {'ratio (range)':>19}")
     for shape in SHAPES:
         for cell in RUNS[shape]:
             if cells and cell not in cells:
@@ -137,13 +156,18 @@ def _compare(threads=2, repeats=7, cells=None):
             with torch.no_grad():                   # the same weights on both sides
                 for name, p in tb.layer.named_parameters():
                     p.copy_(torch.from_numpy(getattr(nb.layer, name).numpy()))
-            pairs = (("nf", nb.forward), ("tf", tb.forward), ("nb", nb.forward_backward),
-                     ("tb", tb.forward_backward))
-            t = {key: median(f) for key, f in pairs}
-            t = {key: min(t[key], median(f)) for key, f in pairs}
-            print(f"{cell:9} {str(shape):22} {t['nf'] * 1e3:9.2f} / {t['tf'] * 1e3:9.2f} "
-                  f"{t['nf'] / t['tf']:6.2f} {t['nb'] * 1e3:11.2f} / {t['tb'] * 1e3:11.2f} "
-                  f"{t['nb'] / t['tb']:6.2f}", flush=True)
+            cols = []
+            for ours, theirs in ((nb.forward, tb.forward), (nb.forward_backward, tb.forward_backward)):
+                times = []
+                for r in range(rounds):
+                    pair = (ours, theirs) if r % 2 == 0 else (theirs, ours)
+                    t = [median(f) for f in pair]
+                    times.append(t if r % 2 == 0 else t[::-1])
+                times = np.array(times)
+                ratios = times[:, 0] / times[:, 1]
+                cols.append(f"{np.median(times[:, 0]) * 1e3:9.2f} / {np.median(times[:, 1]) * 1e3:9.2f} "
+                            f"{np.median(ratios):6.2f} ({ratios.min():.2f}-{ratios.max():.2f})")
+            print(f"{cell:9} {str(shape):22} {cols[0]:>40} {cols[1]:>44}", flush=True)
 
 
 if __name__ == "__main__":
