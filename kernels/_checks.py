@@ -118,10 +118,6 @@ def check_positive_int(op, name, v):
     return check_int(op, name, v, minimum=1)
 
 
-def check_nonneg_int(op, name, v):
-    return check_int(op, name, v, minimum=0)
-
-
 def check_finite(op, name, v, minimum=None, maximum=None, open_max=False):
     """A finite real number, optionally within [minimum, maximum] (or [minimum, maximum))."""
     if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
@@ -135,8 +131,3 @@ def check_finite(op, name, v, minimum=None, maximum=None, open_max=False):
         rel = "<" if open_max else "<="
         raise ValueError(f"{op}: {name} must be {rel} {maximum}, got {v}")
     return v
-
-
-def check_prob(op, name, p):
-    """A probability in [0, 1)."""
-    return check_finite(op, name, p, minimum=0.0, maximum=1.0, open_max=True)

@@ -5,7 +5,7 @@ import numpy as np
 
 from nbdl.tensor import Tensor, float32, float64
 
-_FLOATS = (float32, float64)
+FLOATS = (float32, float64)
 
 
 def as_tensor(x, like=None):
@@ -34,7 +34,7 @@ def check_tensor(op, name, t, ndim=None, dtype=None, min_ndim=None):
     if min_ndim is not None and t.ndim < min_ndim:
         raise ValueError(f"{op}: {name} must have at least {min_ndim} dimensions, got shape {t.shape}")
     if dtype is not None:
-        allowed = _FLOATS if isinstance(dtype, str) and dtype == "float" else tuple(
+        allowed = FLOATS if isinstance(dtype, str) and dtype == "float" else tuple(
             np.dtype(d) for d in (dtype if isinstance(dtype, tuple) else (dtype,)))
         if t.dtype not in allowed:
             want = " or ".join(str(d) for d in allowed)

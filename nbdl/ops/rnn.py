@@ -26,7 +26,7 @@ Beyond PyTorch:
 import numpy as np
 
 from nbdl.device import kernels
-from nbdl.ops._checks import _FLOATS, check_same_device, check_same_dtype, check_tensor
+from nbdl.ops._checks import FLOATS, check_same_device, check_same_dtype, check_tensor
 from nbdl.random import next_seed
 from nbdl.tensor import Tensor, is_grad_enabled, make_multi, needs_grad
 
@@ -358,7 +358,7 @@ def _plain_inference(cfg, input, hx, cx, weights, batch_first, dropout, training
         return None
     x = input.array
     w = weights[0]
-    if x.ndim != 3 or x.dtype not in _FLOATS or not isinstance(w[1], Tensor) or len(w[1].array.shape) != 2:
+    if x.ndim != 3 or x.dtype not in FLOATS or not isinstance(w[1], Tensor) or len(w[1].array.shape) != 2:
         return None
     steps, batch, features = x.shape
     hidden = w[1].array.shape[1]
