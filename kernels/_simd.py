@@ -26,7 +26,8 @@ column matrix is never built). Small helpers in the same style move the data aro
 block: whole-vector copies (``copy_vectors``), the bias-adding store of a finished block
 with a masked tail and optional non-temporal stores (``add_scalar_store``,
 ``store_fence``), write prefetches (``prefetch_for_write``) and register transposes of
-square tiles (``transpose_tile``, for packing transposed weights). Matrix-vector blocks
+square tiles (``transpose_tile``, for packing transposed weights and for the LSTM
+backward's transposed gradient store). Matrix-vector blocks
 can prefetch their panel rows ahead (``ahead=``).
 """
 import numpy as np

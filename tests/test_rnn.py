@@ -242,8 +242,8 @@ def test_gradcheck_every_flag(rng):
 
 def test_lstm_gradcheck_tiled_batch(rng):
     """The CPU backward's tiled paths (a step's gradients move into the transposed layout in
-    8 x 8 float64 tiles, and value by value at the edges): batch 9 and 10 units, with
-    lengths, along random directions."""
+    lanes x lanes tiles, 8 x 8 in float64 with AVX-512, and value by value at the edges):
+    batch 9 and 10 units, with lengths, along random directions."""
     steps, batch, inputs, hidden = 3, 9, 3, 10
     x = t(rng.standard_normal((steps, batch, inputs)), "cpu", True)
     h0 = t(rng.standard_normal((1, batch, hidden)), "cpu", True)
@@ -671,6 +671,11 @@ def test_cpu_lstm_threads_give_the_same_bits(rng, dtype, monkeypatch):
             shared = _lstm_kernel_run(cpu, args, kw)
             for u, v in zip(one, shared):
                 assert (u is None and v is None) or np.array_equal(u, v)
+            if dtype == np.float32:    # every output, the backward's included, against float64
+                wide = _lstm_kernel_run(cpu, tuple(a.astype(np.float64) for a in args),
+                                        dict(kw, mask=mask.astype(np.float64)))
+                for u, v in zip(shared, wide):
+                    assert (u is None and v is None) or np.allclose(u, v, rtol=1e-3, atol=1e-3)
             if kw.get("reverse"):      # the reference runs reverse only as a second direction
                 continue
             ref_y, ref_h, ref_c = np_rnn("lstm", x.astype(np.float64), [tuple(a.astype(np.float64) for a in w)],

@@ -107,27 +107,34 @@ def test_gradients_accumulate_like_pytorch(device):
 def test_gradients_accumulate_in_place_into_a_private_grad(device):
     x = T([1.0, 2.0, 3.0], device, grad=True)
     gy = T([1.0, 10.0, 100.0], device)
-    (x * 1.0).backward(gy)
+    (x + 0.0).backward(gy)                              # add's backward hands gy through as it is
     first = x.grad
-    assert first.array is not gy.array                  # the first gradient is a private copy
     (x * 2.0).backward(gy)
     assert x.grad is first                              # later ones add into it, like PyTorch
     np.testing.assert_array_equal(first.numpy(), [3.0, 30.0, 300.0])
-    np.testing.assert_array_equal(gy.numpy(), [1.0, 10.0, 100.0])
+    np.testing.assert_array_equal(gy.numpy(), [1.0, 10.0, 100.0])   # so the first was a copy
 
 
-def test_a_grad_that_cannot_take_the_sum_in_place_is_replaced():
-    x = T([1.0, 2.0], "cpu", grad=True)
+def test_a_grad_that_cannot_take_the_sum_in_place_is_replaced(device):
+    a, b = T([1.0, 2.0], device, grad=True), T([5.0, 6.0], device, grad=True)
+    (a + b).sum().backward()
+    (a + b).backward(a.grad)       # the incoming gradient is a.grad itself: a's sum is a new array
+    np.testing.assert_array_equal(a.grad.numpy(), [2.0, 2.0])
+    np.testing.assert_array_equal(b.grad.numpy(), [2.0, 2.0])
+    if device != "cpu":
+        return
     frozen = np.array([5.0, 6.0])
     frozen.flags.writeable = False
-    x.grad = nbdl.tensor(frozen)
-    (x * 1.0).sum().backward()
-    np.testing.assert_array_equal(x.grad.numpy(), [6.0, 7.0])
+    a.grad = nbdl.from_numpy(frozen)                    # shares the read-only array
+    assert a.grad.array is frozen
+    (a * 1.0).sum().backward()
+    assert a.grad.array is not frozen
+    np.testing.assert_array_equal(a.grad.numpy(), [6.0, 7.0])
     np.testing.assert_array_equal(frozen, [5.0, 6.0])
-    x.grad = nbdl.tensor(np.array([1.0, 1.0], dtype=np.float32))   # another dtype: numpy's promotion
-    (x * 1.0).sum().backward()
-    assert x.grad.dtype == np.float64
-    np.testing.assert_array_equal(x.grad.numpy(), [2.0, 2.0])
+    a.grad = nbdl.tensor(np.array([1.0, 1.0], dtype=np.float32))   # another dtype: numpy's promotion
+    (a * 1.0).sum().backward()
+    assert a.grad.dtype == np.float64
+    np.testing.assert_array_equal(a.grad.numpy(), [2.0, 2.0])
 
 
 def test_shared_subexpression_and_multiple_paths(device):

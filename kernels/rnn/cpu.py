@@ -1519,7 +1519,8 @@ def _prefetch_grad_row(g, dy, c_in, c, hidden, u0, u1):
 
 @njit(**_JIT)
 def _tanh_rows(tc, c, g, dy, c_in, hidden, u0, u1):
-    """tc[r, u] = tanh(c[r, u]) for u in [u0, u1). The first sweep of a step, so each row
+    """tc[r, u] = tanh(c[r, u]) for u in [u0, u1); tc, c, dy, c_in (B, H), g (B, 4H), all
+    of one step. The first sweep of a step, so each row
     first asks for the operands of the row _ROWS_AHEAD on: the step's rows were prefetched
     before the recurrent product, but that product streams half a megabyte of weight panels
     per thread through the caches in between (at B=32, H=256 waiting for them was about
@@ -1618,7 +1619,9 @@ def _put_back(dh, dc, kept, lengths, t, u0, u1):
 
 @njit(**_JIT)
 def _lstm_grads(d, g, dy, c_in, c, dh, dc, dbias, lengths, t, tc, kept, hidden, u0, u1):
-    """One backward step of units [u0, u1), every row: d (B, 4H) = dL/d(pre-activations)
+    """One backward step of units [u0, u1), every row, from the step's gate activations
+    g (B, 4H), output gradient dy (B, H) and cell states c_in, c (B, H) entering and leaving
+    it: d (B, 4H) = dL/d(pre-activations)
     (zero for rows inactive at t), also summed into the bias gradient dbias (4H,) (steps
     in backward order, rows in order); dh, dc (B, H) become the gradients w.r.t. the step's
     input states (dh: its direct part, zero; the recurrent part comes later). Scratch:
@@ -1662,9 +1665,10 @@ def _store_rect(d, dgt, c0, j0, j1, b0, b1):
 @njit(**_JIT)
 def _store_cols(d, dgt, c0, gates, hidden, u0, u1):
     """dgt[q*H + u, c0 + b] = d[b, q*H + u] for the units [u0, u1) of every gate: a step's
-    gradients into the transposed layout the weight-gradient products read row by row.
-    Whole lanes x lanes tiles are transposed in registers (transpose_tile: a vector store
-    per row of dgt and tile; value by value this copy took 5% of the backward at B=32 and
+    gradients d (B, gates*H) into the transposed layout dgt (gates*H, T*B) the weight-
+    gradient products read row by row; both C-contiguous (transpose_tile addresses them by
+    flat offsets). Whole lanes x lanes tiles are transposed in registers (a vector store per
+    row of dgt and tile; value by value this copy took 5% of the backward at B=32 and
     H=256); the edges value by value."""
     batch, width = d.shape
     ldd = dgt.shape[1]
