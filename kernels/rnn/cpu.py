@@ -1497,10 +1497,12 @@ def _lstm_fwd(x, w_ih, xp, w_hh, bias, hs, cs, gates, y, lengths, mask, reverse,
 # each of at most four arrays. One loop over all fourteen arrays stayed scalar (LLVM's
 # checks that the arrays do not overlap grow with their pairs); a sweep per row, a few
 # vectors long, spent as much on its start and latency as on its math (one step of 32 rows
-# by 128 units: 9.0 us in sweeps per row, 7.2 us in sweeps over all rows). The sweeps run
-# on inactive rows too (rows past their length, whose gates the forward also computed):
-# their dh, dc are set aside first and put back after, their d is zeroed, so the sweeps
-# need no test per row (which measured twice as slow).
+# by 128 units: 9.0 us in sweeps per row, 7.2 us in sweeps over all rows). The sweeps stop
+# after the last row active at the step and run on the inactive rows before it too (rows
+# past their length, whose gates the forward also computed): their dh, dc are set aside
+# first and put back after, their d is zeroed, so the sweeps need no test per row (which
+# measured twice as slow). With rows in order of decreasing length, as PyTorch packs
+# them, no inactive row takes the gate math; in the worst order (one long row last) all do.
 
 _ROWS_AHEAD = 4     # rows of a backward step whose operands are asked for ahead of their math
 
@@ -1599,6 +1601,16 @@ def _bias_grad_rows(dbias, d, lengths, t, hidden, u0, u1):
                 _fill(d[r, lo:hi], 0)
 
 
+@njit(inline="always")
+def _rows_through_last_active(lengths, t):
+    """1 + the last row active at step t (0 if none): with rows in order of decreasing
+    length (PyTorch's packed sequences), only active rows take the gate math."""
+    n = lengths.shape[0]
+    while n > 0 and t >= lengths[n - 1]:
+        n -= 1
+    return n
+
+
 @njit(**_JIT)
 def _set_aside(dh, dc, kept, lengths, t, u0, u1):
     """kept[0, r], kept[1, r] = dh[r], dc[r] (units [u0, u1)) for the rows inactive at t."""
@@ -1625,18 +1637,21 @@ def _lstm_grads(d, g, dy, c_in, c, dh, dc, dbias, lengths, t, tc, kept, hidden, 
     (zero for rows inactive at t), also summed into the bias gradient dbias (4H,) (steps
     in backward order, rows in order); dh, dc (B, H) become the gradients w.r.t. the step's
     input states (dh: its direct part, zero; the recurrent part comes later). Scratch:
-    tc (B, H) for tanh(c), kept (2, B, H) for the inactive rows' dh, dc."""
+    tc (B, H) for tanh(c), kept (2, B, H) for the inactive rows' dh, dc. The sweeps run
+    through the last row active at t, inactive rows before it included (see above)."""
     h1, h2, h3 = hidden, 2 * hidden, 3 * hidden
+    n = _rows_through_last_active(lengths, t)      # the rows after those need no gate math
+    g, dy, c_in, c, dh, dc, tc, dn = g[:n], dy[:n], c_in[:n], c[:n], dh[:n], dc[:n], tc[:n], d[:n]
     _set_aside(dh, dc, kept, lengths, t, u0, u1)
     _tanh_rows(tc, c, g, dy, c_in, hidden, u0, u1)
     _add_rows(dh, dy, u0, u1)                               # dL/dh, the output's part included
-    _sigmoid_grad_rows(d, h3, dh, tc, 0, g, h3, u0, u1)     # do = dh tanh(c) o (1 - o)
+    _sigmoid_grad_rows(dn, h3, dh, tc, 0, g, h3, u0, u1)    # do = dh tanh(c) o (1 - o)
     _cell_grad_rows(dc, dh, g, h3, tc, u0, u1)              # dL/dc
-    _sigmoid_grad_rows(d, 0, dc, g, h2, g, 0, u0, u1)       # di = dc g i (1 - i)
-    _sigmoid_grad_rows(d, h1, dc, c_in, 0, g, h1, u0, u1)   # df = dc c_in f (1 - f)
-    _candidate_grad_rows(d, dc, g, 0, h2, u0, u1)           # dg = dc i (1 - g^2)
+    _sigmoid_grad_rows(dn, 0, dc, g, h2, g, 0, u0, u1)      # di = dc g i (1 - i)
+    _sigmoid_grad_rows(dn, h1, dc, c_in, 0, g, h1, u0, u1)  # df = dc c_in f (1 - f)
+    _candidate_grad_rows(dn, dc, g, 0, h2, u0, u1)          # dg = dc i (1 - g^2)
     _carry_cell_grad_rows(dc, dh, g, h1, u0, u1)
-    _bias_grad_rows(dbias, d, lengths, t, hidden, u0, u1)
+    _bias_grad_rows(dbias, d, lengths, t, hidden, u0, u1)   # every row: the inactive ones get d = 0
     _put_back(dh, dc, kept, lengths, t, u0, u1)
 
 
