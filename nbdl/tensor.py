@@ -143,6 +143,14 @@ def _accumulate(acc, g, device):
     return _dev.kernels("elementwise", device).add(acc, g)
 
 
+def _add_into(acc, g, device):
+    """acc += g in place (acc and g of one shape and dtype, not overlapping)."""
+    if device == "cpu":
+        np.add(acc, g, out=acc)
+    else:
+        _dev.kernels("elementwise", device).axpy(1.0, g, acc)     # acc + 1.0 g: the bits of acc + g
+
+
 def _accumulate_leaf(leaf, g):
     """leaf.grad += g, where the first gradient is stored as a private copy.
 
@@ -161,10 +169,7 @@ def _accumulate_leaf(leaf, g):
     if grad is None:
         leaf.grad = Tensor(_dev.copy(g, leaf.device), device=leaf.device)
     elif _adds_in_place(grad, g, leaf.device):
-        if leaf.device == "cpu":
-            np.add(grad.array, g, out=grad.array)
-        else:
-            _dev.kernels("elementwise", leaf.device).axpy(1.0, g, grad.array)   # y + 1.0 x: the same bits
+        _add_into(grad.array, g, leaf.device)
     else:
         leaf.grad = Tensor(_accumulate(grad.array, g, leaf.device), device=leaf.device)
 

@@ -1522,11 +1522,11 @@ def _prefetch_grad_row(g, dy, c_in, c, hidden, u0, u1):
 @njit(**_JIT)
 def _tanh_rows(tc, c, g, dy, c_in, hidden, u0, u1):
     """tc[r, u] = tanh(c[r, u]) for u in [u0, u1); tc, c, dy, c_in (B, H), g (B, 4H), all
-    of one step. The first sweep of a step, so each row
-    first asks for the operands of the row _ROWS_AHEAD on: the step's rows were prefetched
-    before the recurrent product, but that product streams half a megabyte of weight panels
-    per thread through the caches in between (at B=32, H=256 waiting for them was about
-    half of the gate math; the row-ahead requests took 3-5% off the backward)."""
+    of one step. The step's first sweep, so each row first asks for the operands of the row
+    _ROWS_AHEAD on: the step's rows were prefetched before the recurrent product, but that
+    product streams half a megabyte of weight panels per thread through the caches in
+    between (at B=32, H=256 waiting for them was about half of the gate math; the row-ahead
+    requests took 3-5% off the backward)."""
     for r in range(tc.shape[0]):
         a = r + _ROWS_AHEAD
         if a < tc.shape[0]:
@@ -1633,12 +1633,12 @@ def _put_back(dh, dc, kept, lengths, t, u0, u1):
 def _lstm_grads(d, g, dy, c_in, c, dh, dc, dbias, lengths, t, tc, kept, hidden, u0, u1):
     """One backward step of units [u0, u1), every row, from the step's gate activations
     g (B, 4H), output gradient dy (B, H) and cell states c_in, c (B, H) entering and leaving
-    it: d (B, 4H) = dL/d(pre-activations)
-    (zero for rows inactive at t), also summed into the bias gradient dbias (4H,) (steps
-    in backward order, rows in order); dh, dc (B, H) become the gradients w.r.t. the step's
-    input states (dh: its direct part, zero; the recurrent part comes later). Scratch:
-    tc (B, H) for tanh(c), kept (2, B, H) for the inactive rows' dh, dc. The sweeps run
-    through the last row active at t, inactive rows before it included (see above)."""
+    it: d (B, 4H) = dL/d(pre-activations) (zero for rows inactive at t), also summed into
+    the bias gradient dbias (4H,) (steps in backward order, rows in order); dh, dc (B, H)
+    become the gradients w.r.t. the step's input states (dh: its direct part, zero; the
+    recurrent part comes later). Scratch: tc (B, H) for tanh(c), kept (2, B, H) for the
+    inactive rows' dh, dc. The sweeps run through the last row active at t, inactive rows
+    before it included (see above)."""
     h1, h2, h3 = hidden, 2 * hidden, 3 * hidden
     n = _rows_through_last_active(lengths, t)      # the rows after those need no gate math
     g, dy, c_in, c, dh, dc, tc, dn = g[:n], dy[:n], c_in[:n], c[:n], dh[:n], dc[:n], tc[:n], d[:n]
