@@ -289,6 +289,47 @@ def test_cpu_and_cuda_give_the_same_gradients(rng):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13)
 
 
+
+@pytest.mark.parametrize("shape", [(4, 3, 5, 300), (3, 33, 4, 40)])
+def test_cuda_sequence_kernels_across_blocks_match_the_cpu_kernels(rng, shape):
+    """On a GPU a sequence kernel splits the hidden units between its blocks and each dot
+    product between up to 32 threads; at these sizes blocks own several units, phases take
+    several rounds, and the kernels must still give the cpu kernels' results (float64),
+    forward and backward, for every cell, with lengths, masks and both directions. (The
+    simulator runs one block: the other tests cover it there.)"""
+    if not nbdl.cuda_available():
+        pytest.skip("no CUDA")
+    from numba import config, cuda
+    if config.ENABLE_CUDASIM:
+        pytest.skip("a GPU test: the simulator runs a single block")
+    cpu, gpu = kernels("rnn", "cpu"), kernels("rnn", "cuda")
+    steps, batch, inputs, hidden = shape
+    lengths = rng.integers(1, steps + 1, batch)
+    mask = (rng.random((batch, hidden)) > 0.3) / 0.7
+    for cell, gates, kw in (("rnn", 1, dict(nonlinearity="tanh")), ("lstm", 4, dict(mask=mask)),
+                            ("gru", 3, dict(mask=mask, reset_after=True)),
+                            ("gru", 3, dict(mask=mask, reset_after=False))):
+        for reverse in (False, True):
+            x = rng.standard_normal((steps, batch, inputs))
+            h0, c0 = rng.standard_normal((2, batch, hidden))
+            w = [rng.standard_normal((gates * hidden, n)) / np.sqrt(n) for n in (inputs, hidden)]
+            b = [rng.standard_normal(gates * hidden) * 0.1 for _ in range(2)]
+            states = (h0, c0) if cell == "lstm" else (h0,)
+            args = (x, *states, *w, *b)
+            opts = dict(kw, reverse=reverse, lengths=lengths)
+            ref = getattr(cpu, cell + "_forward")(*args, **opts)
+            out = getattr(gpu, cell + "_forward")(*[cuda.to_device(a) for a in args], **opts)
+            # y, the final states and the saved states (gates are unset on inactive steps)
+            for r, o in list(zip(ref, out))[:2 * len(states) + 1]:
+                np.testing.assert_allclose(o.copy_to_host(), r, rtol=1e-10, atol=1e-12)
+            dy = rng.standard_normal((steps, batch, hidden))
+            d_states = tuple(rng.standard_normal((batch, hidden)) for _ in states)
+            back = (dy, *d_states, x, *w, *ref[len(states) + 1:])
+            ref_g = getattr(cpu, cell + "_backward")(*back, **opts)
+            out_g = getattr(gpu, cell + "_backward")(*[cuda.to_device(a) for a in back], **opts)
+            for r, o in zip(ref_g, out_g):
+                np.testing.assert_allclose(o.copy_to_host(), r, rtol=1e-10, atol=1e-11)
+
 # --- lengths, recurrent dropout -----------------------------------------------------------
 
 def test_lengths_leave_state_and_zero_outputs(rng):

@@ -19,10 +19,11 @@ Layouts are PyTorch's, so weights load across::
            h' = (1 - z) n + z h
 
 How it runs (both backends): the input projection of all T steps is one GEMM
-(T*B, I) x (I, G*H) before the time loop; each step is the recurrent GEMM plus
-one fused elementwise gate kernel; the backward pass walks the steps in reverse,
-collecting the pre-activation gradients of every step, and the weight gradients
-are then one GEMM each over all T*B rows.
+(T*B, I) x (I, G*H) before the time loop; each step is the recurrent product plus
+the fused gate math; the backward pass walks the steps in reverse, collecting the
+pre-activation gradients of every step, and the weight gradients are then one
+GEMM each over all T*B rows. On CUDA the whole time loop is one cooperative
+kernel (see cuda.py); on the CPU one compiled time loop (see cpu.py).
 
 Options shared by every cell:
 

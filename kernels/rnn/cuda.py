@@ -1,13 +1,27 @@
-"""CUDA recurrent layers: the CPU backend's algorithm as a stream of launches.
+"""CUDA recurrent layers: the whole time loop in one launch.
 
-Forward: one GEMM for the input projection of all steps, then per step the
-recurrent GEMM (``nbdl.kernels.linalg.cuda.matmul`` into a preallocated buffer)
-and one fused gate kernel, one thread per (batch row, hidden unit). Backward: per
-step one gate-gradient kernel, the recurrent GEMM and one kernel adding its
-result into dL/dh; then dx, dw_ih, dw_hh as one GEMM each over all T*B rows.
+Forward: one GEMM for the input projection of all steps, then one cooperative
+kernel runs every step. Its blocks split the hidden units between them (each
+block owns all gate rows of its units, for every batch row), and a step is
 
-The host loop only enqueues launches: step indices are kernel arguments and
-lengths live on the device, so nothing is copied back to the host inside an op.
+1. the recurrent product for the block's gate rows: one thread per (batch row,
+   gate row) takes the dot product of h_{t-1} (times the dropout mask) with a
+   column of W_hh^T, in a fixed order;
+2. ``__syncthreads()``; the fused gate math for the block's units (a cell only
+   needs its own unit's gate rows, so no other block is waited for);
+3. a grid-wide barrier: the next step's products read every unit's new state.
+
+Backward: per step the gate gradients of the block's units, a grid-wide barrier
+(the recurrent product dL/dh_{t-1} = dL/dgates W_hh reads every gate row), then
+that product for the block's units; dx, dw_ih, dw_hh are one GEMM each over all
+T*B rows afterwards.
+
+Why one launch: a launch from Python costs tens of microseconds, more than a
+small step's arithmetic, so a loop of per-step launches is bound by them.
+Every sum has one thread and one order, so results are the same bits on every
+run. The grid barrier needs a cooperative launch, which guarantees that all
+blocks are resident at once; the simulator supports it for one block only, so
+it runs one block there.
 """
 import math
 
@@ -20,6 +34,11 @@ from nbdl.kernels.linalg.cuda import matmul, sum_rows
 from nbdl.kernels.rnn import (check_backward, check_forward, check_lengths, check_mask_args,
                               check_nonlinearity, splitmix_uniform)
 
+MAX_THREADS = 1024      # per block of a sequence kernel
+# at most 64 registers a thread, so that a block of MAX_THREADS fits on a multiprocessor
+# (the simulator's jit takes no such option)
+_SEQ = dict(cache=True) if config.ENABLE_CUDASIM else dict(cache=True, max_registers=64)
+
 
 def _splitmix_uniform_quiet(seed, index):
     """The simulator runs device functions as Python on numpy scalars, where the
@@ -30,6 +49,21 @@ def _splitmix_uniform_quiet(seed, index):
 
 _uniform = cuda.jit(device=True, inline=True)(_splitmix_uniform_quiet if config.ENABLE_CUDASIM
                                               else splitmix_uniform)
+
+
+if config.ENABLE_CUDASIM:
+    @cuda.jit(device=True, inline=True)
+    def _grid_sync():
+        cuda.cg.this_grid().sync()
+else:
+    # The intrinsics behind cuda.cg.this_grid().sync(): the public overloads are compiled
+    # for the current device's compute capability, so compile_ptx would need a GPU.
+    from numba.cuda.cg import _grid_group_sync, _this_grid
+
+    @cuda.jit(device=True, inline=True)
+    def _grid_sync():
+        """Wait until every thread of the grid arrives; writes before are visible after."""
+        _grid_group_sync(_this_grid())
 
 
 @cuda.jit(device=True, inline=True)
@@ -44,15 +78,128 @@ def _unit(i, hidden):
     return b, i - b * hidden
 
 
-# --- forward step kernels: one thread per (b, j) ----------------------------------
+# --- the sequence kernels' frame ---------------------------------------------------------
 
-@cuda.jit(cache=True)
-def _rnn_step(xw, gh, bias, hs, y, lengths, t, tin, tout, relu):
-    i = cuda.grid(1)
-    batch, hidden = gh.shape
-    if i >= batch * hidden:
-        return
-    b, j = _unit(i, hidden)
+@cuda.jit(device=True, inline=True)
+def _my_units(hidden):
+    """(first unit, unit count) of this block: blocks own equal runs of hidden units."""
+    per = (hidden + cuda.gridDim.x - 1) // cuda.gridDim.x
+    u0 = cuda.blockIdx.x * per
+    return u0, max(0, min(per, hidden - u0))
+
+
+@cuda.jit(device=True, inline=True)
+def _step(s, steps, reverse, backward):
+    """The s-th step visited -> (t, slot of the state entering t, slot of the state after t).
+
+    The forward visits t = 0..T-1 (T-1..0 in reverse); the backward the opposite."""
+    t = steps - 1 - s if reverse != backward else s
+    if reverse:
+        return t, t + 1, t
+    return t, t, t + 1
+
+
+@cuda.jit(device=True, inline=True)
+def _item(i, blocks, nu):
+    """Item i of a phase over (batch row, gate block q, unit): (b, q, unit offset), unit fastest."""
+    per_row = blocks * nu
+    b = i // per_row
+    r = i - b * per_row
+    q = r // nu
+    return b, q, r - q * nu
+
+
+@cuda.jit(device=True, inline=True)
+def _split(items, n):
+    """Threads per dot product of n terms when a phase has ``items`` of them: a power of
+    two up to a warp, as large as lets every item have its group in one round, but at
+    least 8 (8 neighbouring weights fill a 32-byte sector of a float32 read), that
+    divides the block and leaves each thread a term."""
+    nt = cuda.blockDim.x
+    s = 1
+    while s < 32 and (s < 8 or 2 * s * items <= nt) and nt % (2 * s) == 0 and 2 * s <= n:
+        s *= 2
+    return s
+
+
+@cuda.jit(device=True, inline=True)
+def _split_dot(src, b, mask, use_mask, w, r, k0, n, split, active, part):
+    """sum over k < n of src[b, k] (* mask[b, k]) * w[r, k0 + k], by ``split`` neighbouring
+    threads.
+
+    Thread ``lane`` of the group sums k = lane, lane + split, ... (neighbouring threads
+    read neighbouring weights of row r); the partial sums are then added in a fixed
+    tree through ``part`` (shared, one slot a thread). Every thread of the block calls
+    it (it synchronises the block); the sum is valid in the group's first thread."""
+    tid = cuda.threadIdx.x
+    lane = tid % split
+    acc = src.dtype.type(0)
+    if active:
+        if use_mask:
+            for k in range(lane, n, split):
+                acc += src[b, k] * mask[b, k] * w[r, k0 + k]
+        else:
+            for k in range(lane, n, split):
+                acc += src[b, k] * w[r, k0 + k]
+    if split == 1:
+        return acc
+    part[tid] = acc
+    cuda.syncthreads()
+    s = split // 2
+    while s > 0:
+        if lane < s:
+            part[tid] += part[tid + s]
+        cuda.syncthreads()
+        s //= 2
+    return part[tid]
+
+
+@cuda.jit(device=True, inline=True)
+def _rounds(items, n):
+    """(split, group of this thread, groups in the block): items go to groups of
+    ``split`` threads, ``groups`` items a round."""
+    split = _split(items, n)
+    return split, cuda.threadIdx.x // split, cuda.blockDim.x // split
+
+
+@cuda.jit(device=True, inline=True)
+def _products(src, mask, use_mask, w, gh, q0, q1, hidden, u0, nu, part):
+    """gh[b, q*H + u] = h[b] . W_hh[q*H + u] (h = src times the mask) for this block's
+    units u, gate blocks q0..q1-1 and every batch row."""
+    batch = gh.shape[0]
+    blocks = q1 - q0
+    items = batch * blocks * nu
+    split, g, groups = _rounds(items, hidden)
+    for i0 in range(0, items, groups):
+        i = i0 + g
+        b, q, u = _item(min(i, items - 1), blocks, nu)
+        c = (q0 + q) * hidden + u0 + u
+        v = _split_dot(src, b, mask, use_mask, w, c, 0, hidden, split, i < items, part)
+        if i < items and cuda.threadIdx.x % split == 0:
+            gh[b, c] = v
+
+
+@cuda.jit(device=True, inline=True)
+def _add_recurrent(dh, src, w_t, k0, n, mask, use_mask, lengths, t, u0, nu, part):
+    """dh[b, u] += (src[b] . W_hh[k0:k0+n, u]) * mask[b, u] (w_t = W_hh^T) on rows active
+    at step t, for this block's units u; inactive rows passed their state through."""
+    batch = dh.shape[0]
+    items = batch * nu
+    split, g, groups = _rounds(items, n)
+    for i0 in range(0, items, groups):
+        i = i0 + g
+        b, _, u = _item(min(i, items - 1), 1, nu)
+        j = u0 + u
+        active = i < items and t < lengths[b]
+        v = _split_dot(src, b, mask, False, w_t, j, k0, n, split, active, part)
+        if active and cuda.threadIdx.x % split == 0:
+            dh[b, j] += v * mask[b, j] if use_mask else v
+
+
+# --- one cell (batch row b, unit j) of a step: the gate math -----------------------------
+
+@cuda.jit(device=True, inline=True)
+def _rnn_cell(xw, gh, bias, hs, y, lengths, t, tin, tout, relu, b, j):
     if t < lengths[b]:
         zero = hs.dtype.type(0)
         a = xw[t, b, j] + gh[b, j] + bias[j]
@@ -64,13 +211,9 @@ def _rnn_step(xw, gh, bias, hs, y, lengths, t, tin, tout, relu):
         y[t, b, j] = 0
 
 
-@cuda.jit(cache=True)
-def _lstm_step(xw, gh, bias, hs, cs, gates, y, lengths, t, tin, tout):
-    i = cuda.grid(1)
-    batch, hidden = hs.shape[1], hs.shape[2]
-    if i >= batch * hidden:
-        return
-    b, j = _unit(i, hidden)
+@cuda.jit(device=True, inline=True)
+def _lstm_cell(xw, gh, bias, hs, cs, gates, y, lengths, t, tin, tout, b, j):
+    hidden = hs.shape[2]
     if t < lengths[b]:
         one = hs.dtype.type(1)
         ig = _sigmoid(xw[t, b, j] + gh[b, j] + bias[j], one)
@@ -95,27 +238,19 @@ def _lstm_step(xw, gh, bias, hs, cs, gates, y, lengths, t, tin, tout):
         y[t, b, j] = 0
 
 
-@cuda.jit(cache=True)
-def _gru_reset_gate(xw, gh_rz, bias, hrec, gates, rh, t):
-    """reset_after=False, before the n block's product: r = sigmoid(.), rh = r * h (every row)."""
-    i = cuda.grid(1)
-    batch, hidden = rh.shape
-    if i >= batch * hidden:
-        return
-    b, j = _unit(i, hidden)
-    r = _sigmoid(xw[t, b, j] + gh_rz[b, j] + bias[j], rh.dtype.type(1))
+@cuda.jit(device=True, inline=True)
+def _gru_reset_gate(xw, gh, bias, h, mask, use_mask, gates, rh, t, b, j):
+    """reset_after=False, before the n block's product: r = sigmoid(.), rh = r * h * mask
+    (every row: inactive rows' values are never used)."""
+    r = _sigmoid(xw[t, b, j] + gh[b, j] + bias[j], rh.dtype.type(1))
     gates[t, b, j] = r
-    rh[b, j] = r * hrec[b, j]
+    rh[b, j] = r * (h[b, j] * mask[b, j] if use_mask else h[b, j])
 
 
-@cuda.jit(cache=True)
-def _gru_step(xw, gh, gh_n, bias, b_ih, b_hh, hs, gates, aux, rh, y, lengths, t, tin, tout, reset_after):
-    """gh: W_h{r,z,n} h (reset_after, (B, 3H)) or W_h{r,z} h ((B, 2H)) with gh_n = W_hn (r h)."""
-    i = cuda.grid(1)
-    batch, hidden = hs.shape[1], hs.shape[2]
-    if i >= batch * hidden:
-        return
-    b, j = _unit(i, hidden)
+@cuda.jit(device=True, inline=True)
+def _gru_cell(xw, gh, gh_n, bias, b_ih, b_hh, hs, gates, aux, rh, y, lengths, t, tin, tout, reset_after, b, j):
+    """gh: W_h{r,z,n} h (reset_after) or W_h{r,z} h in its first 2H columns, with gh_n = W_hn (r h)."""
+    hidden = hs.shape[2]
     if t < lengths[b]:
         one = hs.dtype.type(1)
         h2 = 2 * hidden
@@ -142,25 +277,8 @@ def _gru_step(xw, gh, gh_n, bias, b_ih, b_hh, hs, gates, aux, rh, y, lengths, t,
         aux[t, b, j] = 0       # a GEMM operand of the backward: no stale values
 
 
-@cuda.jit(cache=True)
-def _mask_rows(h, mask, out):
-    """out = h * mask (B, H): the recurrent operand under variational dropout."""
-    i = cuda.grid(1)
-    batch, hidden = h.shape
-    if i < batch * hidden:
-        b, j = _unit(i, hidden)
-        out[b, j] = h[b, j] * mask[b, j]
-
-
-# --- backward step kernels --------------------------------------------------------------
-
-@cuda.jit(cache=True)
-def _rnn_step_bwd(dy, dh, hs, dg, lengths, t, tout, relu):
-    i = cuda.grid(1)
-    batch, hidden = dh.shape
-    if i >= batch * hidden:
-        return
-    b, j = _unit(i, hidden)
+@cuda.jit(device=True, inline=True)
+def _rnn_cell_bwd(dy, dh, hs, dg, lengths, t, tout, relu, b, j):
     if t < lengths[b]:
         zero = dh.dtype.type(0)
         h = hs[tout, b, j]
@@ -171,13 +289,9 @@ def _rnn_step_bwd(dy, dh, hs, dg, lengths, t, tout, relu):
         dg[t, b, j] = 0
 
 
-@cuda.jit(cache=True)
-def _lstm_step_bwd(dy, dh, dc, cs, gates, dg, lengths, t, tin, tout):
-    i = cuda.grid(1)
-    batch, hidden = dh.shape
-    if i >= batch * hidden:
-        return
-    b, j = _unit(i, hidden)
+@cuda.jit(device=True, inline=True)
+def _lstm_cell_bwd(dy, dh, dc, cs, gates, dg, lengths, t, tin, tout, b, j):
+    hidden = dh.shape[1]
     h1, h2, h3 = hidden + j, 2 * hidden + j, 3 * hidden + j
     if t < lengths[b]:
         one = dh.dtype.type(1)
@@ -201,16 +315,12 @@ def _lstm_step_bwd(dy, dh, dc, cs, gates, dg, lengths, t, tin, tout):
         dg[t, b, h3] = 0
 
 
-@cuda.jit(cache=True)
-def _gru_step_bwd(dy, dh, hs, gates, aux, dg, dgn_h, dgh, lengths, t, tin, reset_after):
+@cuda.jit(device=True, inline=True)
+def _gru_cell_bwd(dy, dh, hs, gates, aux, dg, dgn_h, dgh, lengths, t, tin, reset_after, b, j):
     """dg (T, B, 3H): x-side pre-activation gradients; dgn_h (T, B, H): gradient of the
-    n block's recurrent product; dgh (B, 3H or 2H): this step's W_hh-side gradient
-    (its r block is filled by _gru_reset_bwd when reset_after is False)."""
-    i = cuda.grid(1)
-    batch, hidden = dh.shape
-    if i >= batch * hidden:
-        return
-    b, j = _unit(i, hidden)
+    n block's recurrent product; dgh (B, 3H): this step's W_hh-side gradient (its r
+    block is filled by _gru_reset_bwd when reset_after is False)."""
+    hidden = dh.shape[1]
     h1, h2 = hidden + j, 2 * hidden + j
     if t < lengths[b]:
         one = dh.dtype.type(1)
@@ -238,39 +348,171 @@ def _gru_step_bwd(dy, dh, hs, gates, aux, dg, dgn_h, dgh, lengths, t, tin, reset
         dg[t, b, h2] = 0
         dgh[b, j] = 0
         dgh[b, h1] = 0
-        if reset_after:
-            dgh[b, h2] = 0
+        dgh[b, h2] = 0
         dgn_h[t, b, j] = 0
 
 
-@cuda.jit(cache=True)
-def _gru_reset_bwd(drh, hs, gates, mask, dg, dgh, dh, lengths, t, tin, use_mask):
-    """reset_after=False: drh = d(r * hm) = dn @ W_hn gives r's gradient and a path to h."""
-    i = cuda.grid(1)
-    batch, hidden = dh.shape
-    if i >= batch * hidden:
-        return
-    b, j = _unit(i, hidden)
+@cuda.jit(device=True, inline=True)
+def _gru_reset_bwd(drh, hs, gates, mask, dg, dgh, dh, lengths, t, tin, use_mask, b, j):
+    """reset_after=False: drh = d(r * hm) = (dn @ W_hn)[b, j] gives r's gradient and a path to h."""
     if t < lengths[b]:
         one = dh.dtype.type(1)
         m = mask[b, j] if use_mask else one
         r = gates[t, b, j]
-        dr = drh[b, j] * hs[tin, b, j] * m * r * (one - r)
+        dr = drh * hs[tin, b, j] * m * r * (one - r)
         dg[t, b, j] = dr
         dgh[b, j] = dr
-        dh[b, j] += drh[b, j] * r * m
+        dh[b, j] += drh * r * m
+
+
+@cuda.jit(device=True, inline=True)
+def _reset_grads(dn, w_t, hs, gates, mask, use_mask, dg, dgh, dh, lengths, t, tin, u0, nu, part):
+    """reset_after=False: drh = dn @ W_hn (w_t = W_hh^T), then _gru_reset_bwd, for this
+    block's units on rows active at step t."""
+    batch, hidden = dh.shape
+    items = batch * nu
+    split, g, groups = _rounds(items, hidden)
+    for i0 in range(0, items, groups):
+        i = i0 + g
+        b, _, u = _item(min(i, items - 1), 1, nu)
+        j = u0 + u
+        active = i < items and t < lengths[b]
+        drh = _split_dot(dn, b, mask, False, w_t, j, 2 * hidden, hidden, split, active, part)
+        if active and cuda.threadIdx.x % split == 0:
+            _gru_reset_bwd(drh, hs, gates, mask, dg, dgh, dh, lengths, t, tin, use_mask, b, j)
+
+
+# --- the sequence kernels: every step of one layer and direction -------------------------
+
+@cuda.jit(**_SEQ)
+def _rnn_seq(xw, w_hh, bias, hs, y, gh, lengths, relu, reverse):
+    """Forward over all steps. gh (B, H) scratch."""
+    steps, batch, hidden = y.shape
+    u0, nu = _my_units(hidden)
+    part = cuda.shared.array(MAX_THREADS, dtype=y.dtype)
+    for s in range(steps):
+        t, tin, tout = _step(s, steps, reverse, False)
+        _products(hs[tin], gh, False, w_hh, gh, 0, 1, hidden, u0, nu, part)
+        cuda.syncthreads()
+        for i in range(cuda.threadIdx.x, batch * nu, cuda.blockDim.x):
+            b, _, u = _item(i, 1, nu)
+            _rnn_cell(xw, gh, bias, hs, y, lengths, t, tin, tout, relu, b, u0 + u)
+        _grid_sync()
+
+
+@cuda.jit(**_SEQ)
+def _lstm_seq(xw, w_hh, bias, hs, cs, gates, y, gh, lengths, mask, use_mask, reverse):
+    """Forward over all steps. gh (B, 4H) scratch."""
+    steps, batch, hidden = y.shape
+    u0, nu = _my_units(hidden)
+    part = cuda.shared.array(MAX_THREADS, dtype=y.dtype)
+    for s in range(steps):
+        t, tin, tout = _step(s, steps, reverse, False)
+        _products(hs[tin], mask, use_mask, w_hh, gh, 0, 4, hidden, u0, nu, part)
+        cuda.syncthreads()
+        for i in range(cuda.threadIdx.x, batch * nu, cuda.blockDim.x):
+            b, _, u = _item(i, 1, nu)
+            _lstm_cell(xw, gh, bias, hs, cs, gates, y, lengths, t, tin, tout, b, u0 + u)
+        _grid_sync()
+
+
+@cuda.jit(**_SEQ)
+def _gru_seq(xw, w_hh, bias, b_ih, b_hh, hs, gates, aux, y, gh, gh_n, rh, lengths, mask, use_mask, reset_after,
+             reverse):
+    """Forward over all steps. gh (B, 3H), gh_n and rh (B, H) scratch.
+
+    reset_after=False needs r before the n block's product W_hn (r h), which reads
+    every unit's r h: a second grid barrier in the step."""
+    steps, batch, hidden = y.shape
+    u0, nu = _my_units(hidden)
+    part = cuda.shared.array(MAX_THREADS, dtype=y.dtype)
+    h2 = 2 * hidden
+    for s in range(steps):
+        t, tin, tout = _step(s, steps, reverse, False)
+        h = hs[tin]
+        _products(h, mask, use_mask, w_hh, gh, 0, 3 if reset_after else 2, hidden, u0, nu, part)
+        cuda.syncthreads()
+        if not reset_after:
+            for i in range(cuda.threadIdx.x, batch * nu, cuda.blockDim.x):
+                b, _, u = _item(i, 1, nu)
+                _gru_reset_gate(xw, gh, bias, h, mask, use_mask, gates, rh, t, b, u0 + u)
+            _grid_sync()
+            _products(rh, mask, False, w_hh[h2:], gh_n, 0, 1, hidden, u0, nu, part)
+            cuda.syncthreads()
+        for i in range(cuda.threadIdx.x, batch * nu, cuda.blockDim.x):
+            b, _, u = _item(i, 1, nu)
+            _gru_cell(xw, gh, gh_n, bias, b_ih, b_hh, hs, gates, aux, rh, y, lengths, t, tin, tout, reset_after,
+                      b, u0 + u)
+        _grid_sync()
+
+
+@cuda.jit(**_SEQ)
+def _rnn_seq_bwd(dy, dh, hs, dg, w_t, lengths, relu, reverse):
+    """Backward over all steps; dh (B, H) holds dL/dh_n on entry and dL/dh_0 on return.
+    w_t = W_hh^T."""
+    steps, batch, hidden = dy.shape
+    u0, nu = _my_units(hidden)
+    part = cuda.shared.array(MAX_THREADS, dtype=dy.dtype)
+    for s in range(steps):
+        t, _, tout = _step(s, steps, reverse, True)
+        for i in range(cuda.threadIdx.x, batch * nu, cuda.blockDim.x):
+            b, _, u = _item(i, 1, nu)
+            _rnn_cell_bwd(dy, dh, hs, dg, lengths, t, tout, relu, b, u0 + u)
+        _grid_sync()
+        _add_recurrent(dh, dg[t], w_t, 0, hidden, dh, False, lengths, t, u0, nu, part)
+        cuda.syncthreads()
+
+
+@cuda.jit(**_SEQ)
+def _lstm_seq_bwd(dy, dh, dc, cs, gates, dg, w_t, lengths, mask, use_mask, reverse):
+    """Backward over all steps; dh, dc (B, H) hold dL/dh_n, dL/dc_n on entry and the
+    gradients of h0, c0 on return. w_t = W_hh^T."""
+    steps, batch, hidden = dy.shape
+    u0, nu = _my_units(hidden)
+    part = cuda.shared.array(MAX_THREADS, dtype=dy.dtype)
+    for s in range(steps):
+        t, tin, tout = _step(s, steps, reverse, True)
+        for i in range(cuda.threadIdx.x, batch * nu, cuda.blockDim.x):
+            b, _, u = _item(i, 1, nu)
+            _lstm_cell_bwd(dy, dh, dc, cs, gates, dg, lengths, t, tin, tout, b, u0 + u)
+        _grid_sync()
+        _add_recurrent(dh, dg[t], w_t, 0, 4 * hidden, mask, use_mask, lengths, t, u0, nu, part)
+        cuda.syncthreads()
+
+
+@cuda.jit(**_SEQ)
+def _gru_seq_bwd(dy, dh, hs, gates, aux, dg, dgn_h, dgh2, w_t, lengths, mask, use_mask, reset_after, reverse):
+    """Backward over all steps; dh as in _lstm_seq_bwd; w_t = W_hh^T. dgh2 (2, B, 3H): the
+    step's W_hh-side gradient, in two buffers taken in turn, so a block writing the next
+    step's never overwrites what another block still reads for this one."""
+    steps, batch, hidden = dy.shape
+    u0, nu = _my_units(hidden)
+    part = cuda.shared.array(MAX_THREADS, dtype=dy.dtype)
+    for s in range(steps):
+        t, tin, _ = _step(s, steps, reverse, True)
+        dgh = dgh2[s % 2]
+        for i in range(cuda.threadIdx.x, batch * nu, cuda.blockDim.x):
+            b, _, u = _item(i, 1, nu)
+            _gru_cell_bwd(dy, dh, hs, gates, aux, dg, dgn_h, dgh, lengths, t, tin, reset_after, b, u0 + u)
+        _grid_sync()
+        if reset_after:
+            _add_recurrent(dh, dgh, w_t, 0, 3 * hidden, mask, use_mask, lengths, t, u0, nu, part)
+        else:
+            _reset_grads(dgn_h[t], w_t, hs, gates, mask, use_mask, dg, dgh, dh, lengths, t, tin, u0, nu, part)
+            _grid_sync()
+            _add_recurrent(dh, dgh, w_t, 0, 2 * hidden, mask, use_mask, lengths, t, u0, nu, part)
+        cuda.syncthreads()
 
 
 @cuda.jit(cache=True)
-def _add_recurrent_grad(dh, dhr, mask, lengths, t, use_mask):
-    """dh += dhr * mask on rows active at step t; inactive rows passed their state through."""
+def _transpose(a, out):
+    """out = a^T (2-D)."""
     i = cuda.grid(1)
-    batch, hidden = dh.shape
-    if i >= batch * hidden:
-        return
-    b, j = _unit(i, hidden)
-    if t < lengths[b]:
-        dh[b, j] += dhr[b, j] * mask[b, j] if use_mask else dhr[b, j]
+    rows, cols = a.shape
+    if i < rows * cols:
+        r = i // cols
+        c = i - r * cols
+        out[c, r] = a[r, c]
 
 
 @cuda.jit(cache=True)
@@ -308,12 +550,43 @@ def recurrent_dropout_mask(batch, hidden, p, seed, dtype):
 
 # --- host helpers -----------------------------------------------------------------------
 
-def _launch(kernel, batch, hidden, *args):
-    """One thread per (batch row, hidden unit); blocks of up to 256 threads (a warp
-    multiple, smaller for tiny layers: fewer idle threads)."""
-    n = batch * hidden
-    blocks, threads = grid1d(n)
+_SMS = {}       # device id -> multiprocessor count
+
+
+def _sequence_grid(hidden, rows):
+    """(blocks, threads) of a sequence kernel whose widest phase has ``rows`` items per unit
+    (batch rows x gate blocks).
+
+    One block per multiprocessor at most (all must be resident: a cooperative launch
+    refuses more than fit), and never more blocks than units; threads: a warp for each
+    dot product of the block's widest phase, at most MAX_THREADS (see _split)."""
+    if config.ENABLE_CUDASIM:
+        blocks = 1
+    else:
+        dev = cuda.get_current_device()
+        sms = _SMS.get(dev.id)
+        if sms is None:
+            sms = _SMS[dev.id] = dev.MULTIPROCESSOR_COUNT
+        blocks = min(sms, hidden)
+    per = (hidden + blocks - 1) // blocks
+    blocks = (hidden + per - 1) // per
+    if config.ENABLE_CUDASIM:
+        threads = min(64, 2 * rows * per)     # Python threads: two a dot product, for the tree
+    else:
+        threads = min(MAX_THREADS, 32 * rows * per)
+    return blocks, threads
+
+
+def _launch_sequence(kernel, hidden, rows, *args):
+    blocks, threads = _sequence_grid(hidden, rows)
     kernel[blocks, threads](*args)
+
+
+def _transposed(w):
+    out = empty((w.shape[1], w.shape[0]), w.dtype)
+    blocks, threads = grid1d(w.shape[0] * w.shape[1])
+    _transpose[blocks, threads](w, out)
+    return out
 
 
 def _bias_sum(b_ih, b_hh, rows, dtype):
@@ -341,26 +614,6 @@ def _states(steps, batch, hidden, h0, reverse, dtype):
 
 def _final(hs, reverse):
     return copy(hs[0 if reverse else hs.shape[0] - 1])
-
-
-def _slots(t, reverse):
-    """(slot of the state entering step t, slot of the state after it); see the package doc."""
-    return (t + 1, t) if reverse else (t, t + 1)
-
-
-def _order(steps, reverse, backward=False):
-    """The forward visits t = 0..T-1 (T-1..0 in reverse); the backward the opposite."""
-    forward = range(steps - 1, -1, -1) if reverse else range(steps)
-    return forward[::-1] if backward else forward
-
-
-def _recurrent_operand(hs, t, reverse, mask, scratch):
-    """The state entering step t, times the mask when there is one."""
-    h = hs[_slots(t, reverse)[0]]
-    if mask is None:
-        return h
-    _launch(_mask_rows, h.shape[0], h.shape[1], h, mask, scratch)
-    return scratch
 
 
 def _recurrent_inputs(hs, reverse, mask):
@@ -401,10 +654,8 @@ def rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity="tanh", reverse=Fals
     y = empty((steps, batch, hidden), dtype)
     bias = _bias_sum(b_ih, b_hh, hidden, dtype)[0]
     gh = empty((batch, hidden), dtype)
-    for t in _order(steps, reverse):
-        tin, tout = _slots(t, reverse)
-        matmul(hs[tin], w_hh, trans_b=True, out=gh)
-        _launch(_rnn_step, batch, hidden, xw, gh, bias, hs, y, d_lengths, t, tin, tout, relu)
+    _launch_sequence(_rnn_seq, hidden, batch, xw, w_hh, bias, hs, y, gh, d_lengths, relu,
+                     bool(reverse))
     return y, _final(hs, reverse), hs
 
 
@@ -423,13 +674,7 @@ def rnn_backward(dy, dh_n, x, w_ih, w_hh, hs, nonlinearity="tanh", reverse=False
     d_lengths = cuda.to_device(check_lengths(op, lengths, batch, steps))
     dh = copy(dh_n)
     dg = empty((steps, batch, hidden), dtype)
-    dhr = empty((batch, hidden), dtype)
-    no_mask, _ = _mask_arg(None, dtype)
-    for t in _order(steps, reverse, backward=True):
-        tout = _slots(t, reverse)[1]
-        _launch(_rnn_step_bwd, batch, hidden, dy, dh, hs, dg, d_lengths, t, tout, relu)
-        matmul(dg[t], w_hh, out=dhr)
-        _launch(_add_recurrent_grad, batch, hidden, dh, dhr, no_mask, d_lengths, t, False)
+    _launch_sequence(_rnn_seq_bwd, hidden, batch, dy, dh, hs, dg, _transposed(w_hh), d_lengths, relu, bool(reverse))
     dx, dw_ih, dw_hh, db = _weight_grads(dg, x, w_ih, _recurrent_inputs(hs, reverse, None), need_dx)
     return dx, dh, dw_ih, dw_hh, db, copy(db)
 
@@ -451,11 +696,9 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse=False, lengths=None,
     y = empty((steps, batch, hidden), dtype)
     bias = _bias_sum(b_ih, b_hh, 4 * hidden, dtype)[0]
     gh = empty((batch, 4 * hidden), dtype)
-    hrec = empty((batch, hidden), dtype)
-    for t in _order(steps, reverse):
-        tin, tout = _slots(t, reverse)
-        matmul(_recurrent_operand(hs, t, reverse, mask, hrec), w_hh, trans_b=True, out=gh)
-        _launch(_lstm_step, batch, hidden, xw, gh, bias, hs, cs, gates, y, d_lengths, t, tin, tout)
+    m, use_mask = _mask_arg(mask, dtype)
+    _launch_sequence(_lstm_seq, hidden, 4 * batch, xw, w_hh, bias, hs, cs, gates, y, gh, d_lengths,
+                     m, use_mask, bool(reverse))
     return y, _final(hs, reverse), _final(cs, reverse), hs, cs, gates
 
 
@@ -475,13 +718,9 @@ def lstm_backward(dy, dh_n, dc_n, x, w_ih, w_hh, hs, cs, gates, reverse=False, l
     d_lengths = cuda.to_device(check_lengths(op, lengths, batch, steps))
     dh, dc = copy(dh_n), copy(dc_n)
     dg = empty((steps, batch, 4 * hidden), dtype)
-    dhr = empty((batch, hidden), dtype)
     m, use_mask = _mask_arg(mask, dtype)
-    for t in _order(steps, reverse, backward=True):
-        tin, tout = _slots(t, reverse)
-        _launch(_lstm_step_bwd, batch, hidden, dy, dh, dc, cs, gates, dg, d_lengths, t, tin, tout)
-        matmul(dg[t], w_hh, out=dhr)
-        _launch(_add_recurrent_grad, batch, hidden, dh, dhr, m, d_lengths, t, use_mask)
+    _launch_sequence(_lstm_seq_bwd, hidden, batch, dy, dh, dc, cs, gates, dg, _transposed(w_hh), d_lengths, m, use_mask,
+                     bool(reverse))
     dx, dw_ih, dw_hh, db = _weight_grads(dg, x, w_ih, _recurrent_inputs(hs, reverse, mask), need_dx)
     return dx, dh, dc, dw_ih, dw_hh, db, copy(db)
 
@@ -496,30 +735,17 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, reset_after=True, reverse=False, 
     op = "gru_forward"
     steps, batch, _, hidden, dtype = check_forward(op, "gru", x, h0, None, w_ih, w_hh, b_ih, b_hh, mask)
     d_lengths = cuda.to_device(check_lengths(op, lengths, batch, steps))
-    reset_after = bool(reset_after)
-    h2 = 2 * hidden
     xw = _input_projection(x, w_ih)
     hs = _states(steps, batch, hidden, h0, reverse, dtype)
     gates = empty((steps, batch, 3 * hidden), dtype)
     aux = empty((steps, batch, hidden), dtype)
     y = empty((steps, batch, hidden), dtype)
     bias, b_ih, b_hh = _bias_sum(b_ih, b_hh, 3 * hidden, dtype)
-    gh = empty((batch, 3 * hidden if reset_after else h2), dtype)
-    gh_n = empty((batch, hidden), dtype)
-    hrec = empty((batch, hidden), dtype)
-    rh = empty((batch, hidden), dtype)
-    for t in _order(steps, reverse):
-        tin, tout = _slots(t, reverse)
-        h = _recurrent_operand(hs, t, reverse, mask, hrec)
-        if reset_after:
-            matmul(h, w_hh, trans_b=True, out=gh)
-        else:
-            # r is needed before the n block's product W_hn (r * h)
-            matmul(h, w_hh[:h2], trans_b=True, out=gh)
-            _launch(_gru_reset_gate, batch, hidden, xw, gh, bias, h, gates, rh, t)
-            matmul(rh, w_hh[h2:], trans_b=True, out=gh_n)
-        _launch(_gru_step, batch, hidden, xw, gh, gh_n, bias, b_ih, b_hh, hs, gates, aux, rh, y, d_lengths,
-                t, tin, tout, reset_after)
+    gh = empty((batch, 3 * hidden), dtype)
+    gh_n, rh = empty((batch, hidden), dtype), empty((batch, hidden), dtype)
+    m, use_mask = _mask_arg(mask, dtype)
+    _launch_sequence(_gru_seq, hidden, 3 * batch, xw, w_hh, bias, b_ih, b_hh, hs, gates, aux, y, gh,
+                     gh_n, rh, d_lengths, m, use_mask, bool(reset_after), bool(reverse))
     return y, _final(hs, reverse), hs, gates, aux
 
 
@@ -542,21 +768,10 @@ def gru_backward(dy, dh_n, x, w_ih, w_hh, hs, gates, aux, reset_after=True, reve
     dh = copy(dh_n)
     dg = empty((steps, batch, 3 * hidden), dtype)
     dgn_h = empty((steps, batch, hidden), dtype)
-    dgh = empty((batch, 3 * hidden if reset_after else h2), dtype)
-    dhr = empty((batch, hidden), dtype)
-    drh = empty((batch, hidden), dtype)
+    dgh2 = empty((2, batch, 3 * hidden), dtype)
     m, use_mask = _mask_arg(mask, dtype)
-    for t in _order(steps, reverse, backward=True):
-        tin = _slots(t, reverse)[0]
-        _launch(_gru_step_bwd, batch, hidden, dy, dh, hs, gates, aux, dg, dgn_h, dgh, d_lengths, t, tin,
-                reset_after)
-        if reset_after:
-            matmul(dgh, w_hh, out=dhr)
-        else:
-            matmul(dgn_h[t], w_hh[h2:], out=drh)
-            _launch(_gru_reset_bwd, batch, hidden, drh, hs, gates, m, dg, dgh, dh, d_lengths, t, tin, use_mask)
-            matmul(dgh, w_hh[:h2], out=dhr)
-        _launch(_add_recurrent_grad, batch, hidden, dh, dhr, m, d_lengths, t, use_mask)
+    _launch_sequence(_gru_seq_bwd, hidden, batch, dy, dh, hs, gates, aux, dg, dgn_h, dgh2, _transposed(w_hh), d_lengths, m,
+                     use_mask, reset_after, bool(reverse))
     hrec = _recurrent_inputs(hs, reverse, mask)
     dx, dw_ih, dw_hh, db_ih = _weight_grads(dg, x, w_ih, hrec, need_dx)
     # the n block meets another recurrent operand: h (reset_after) or r * h, and its own bias
@@ -575,16 +790,13 @@ def ptx_signatures():
     for f in (float32, float64):
         v, m, a3 = f[::1], f[:, ::1], f[:, :, ::1]
         sigs += [
-            (_rnn_step, (a3, m, v, a3, a3, i64, int64, int64, int64, boolean)),
-            (_lstm_step, (a3, m, v, a3, a3, a3, a3, i64, int64, int64, int64)),
-            (_gru_reset_gate, (a3, m, v, m, a3, m, int64)),
-            (_gru_step, (a3, m, m, v, v, v, a3, a3, a3, m, a3, i64, int64, int64, int64, boolean)),
-            (_mask_rows, (m, m, m)),
-            (_rnn_step_bwd, (a3, m, a3, a3, i64, int64, int64, boolean)),
-            (_lstm_step_bwd, (a3, m, m, a3, a3, a3, i64, int64, int64, int64)),
-            (_gru_step_bwd, (a3, m, a3, a3, a3, a3, a3, m, i64, int64, int64, boolean)),
-            (_gru_reset_bwd, (m, a3, a3, m, a3, m, m, i64, int64, int64, boolean)),
-            (_add_recurrent_grad, (m, m, m, i64, int64, boolean)),
+            (_rnn_seq, (a3, m, v, a3, a3, m, i64, boolean, boolean)),
+            (_lstm_seq, (a3, m, v, a3, a3, a3, a3, m, i64, m, boolean, boolean)),
+            (_gru_seq, (a3, m, v, v, v, a3, a3, a3, a3, m, m, m, i64, m, boolean, boolean, boolean)),
+            (_rnn_seq_bwd, (a3, m, a3, a3, m, i64, boolean, boolean)),
+            (_lstm_seq_bwd, (a3, m, m, a3, a3, a3, m, i64, m, boolean, boolean)),
+            (_gru_seq_bwd, (a3, m, a3, a3, a3, a3, a3, a3, m, i64, m, boolean, boolean, boolean)),
+            (_transpose, (m, m)),
             (_mask_states, (a3, m, a3)),
             (_dropout_mask, (m, float64, int64)),
         ]
