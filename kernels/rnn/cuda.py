@@ -4,24 +4,25 @@ Forward: one GEMM for the input projection of all steps, then one cooperative
 kernel runs every step. Its blocks split the hidden units between them (each
 block owns all gate rows of its units, for every batch row), and a step is
 
-1. the recurrent product for the block's gate rows: one thread per (batch row,
-   gate row) takes the dot product of h_{t-1} (times the dropout mask) with a
-   column of W_hh^T, in a fixed order;
+1. the recurrent product for the block's gate rows: a group of up to 32 threads
+   takes a gate row of W_hh and up to RB batch rows of h_{t-1} (times the dropout
+   mask); each thread sums every split-th term in order, so one weight read serves
+   RB rows, and the group's partial sums are added in a fixed tree (_split_dots);
 2. ``__syncthreads()``; the fused gate math for the block's units (a cell only
    needs its own unit's gate rows, so no other block is waited for);
 3. a grid-wide barrier: the next step's products read every unit's new state.
 
 Backward: per step the gate gradients of the block's units, a grid-wide barrier
 (the recurrent product dL/dh_{t-1} = dL/dgates W_hh reads every gate row), then
-that product for the block's units; dx, dw_ih, dw_hh are one GEMM each over all
-T*B rows afterwards.
+that product for the block's units, from rows of W_hh^T; dx, dw_ih, dw_hh are one
+GEMM each over all T*B rows afterwards.
 
 Why one launch: a launch from Python costs tens of microseconds, more than a
 small step's arithmetic, so a loop of per-step launches is bound by them.
-Every sum has one thread and one order, so results are the same bits on every
-run. The grid barrier needs a cooperative launch, which guarantees that all
-blocks are resident at once; the simulator supports it for one block only, so
-it runs one block there.
+Every sum is taken in a fixed order, so results are the same bits on every run.
+The grid barrier needs a cooperative launch, which guarantees that all blocks are
+resident at once; the simulator supports it for one block only, so it runs one
+block there.
 """
 import math
 
@@ -35,6 +36,7 @@ from nbdl.kernels.rnn import (check_backward, check_forward, check_lengths, chec
                               check_nonlinearity, splitmix_uniform)
 
 MAX_THREADS = 1024      # per block of a sequence kernel
+RB = 4                  # batch rows a dot-product group takes at once (_split_dots is written for 4)
 # at most 64 registers a thread, so that a block of MAX_THREADS fits on a multiprocessor
 # (the simulator's jit takes no such option)
 _SEQ = dict(cache=True) if config.ENABLE_CUDASIM else dict(cache=True, max_registers=64)
@@ -123,35 +125,51 @@ def _split(items, n):
 
 
 @cuda.jit(device=True, inline=True)
-def _split_dot(src, b, mask, use_mask, w, r, k0, n, split, active, part):
-    """sum over k < n of src[b, k] (* mask[b, k]) * w[r, k0 + k], by ``split`` neighbouring
-    threads.
+def _term(src, mask, use_mask, b, k):
+    return src[b, k] * mask[b, k] if use_mask else src[b, k]
 
-    Thread ``lane`` of the group sums k = lane, lane + split, ... (neighbouring threads
-    read neighbouring weights of row r); the partial sums are then added in a fixed
-    tree through ``part`` (shared, one slot a thread). Every thread of the block calls
-    it (it synchronises the block); the sum is valid in the group's first thread."""
+
+@cuda.jit(device=True, inline=True)
+def _split_dots(src, b0, nb, mask, use_mask, w, r, k0, n, split, active, part):
+    """The dot products of w[r, k0:k0+n] with src[b] (times mask[b]) for the nb <= RB
+    batch rows b = b0, b0+1, ..., by ``split`` neighbouring threads.
+
+    Thread ``lane`` of the group sums k = lane, lane + split, ... in order (neighbouring
+    threads read neighbouring weights, and each weight read serves every row); the
+    partial sums are then added in a fixed tree through ``part`` (shared, (RB, threads)).
+    Every thread of the block calls it (it synchronises the block). Returns RB sums,
+    valid in the group's first thread; those past nb mean nothing."""
     tid = cuda.threadIdx.x
     lane = tid % split
-    acc = src.dtype.type(0)
+    last = src.shape[0] - 1
+    r1, r2, r3 = min(b0 + 1, last), min(b0 + 2, last), min(b0 + 3, last)
+    a0 = a1 = a2 = a3 = src.dtype.type(0)
     if active:
-        if use_mask:
+        if nb == 1:
             for k in range(lane, n, split):
-                acc += src[b, k] * mask[b, k] * w[r, k0 + k]
+                a0 += _term(src, mask, use_mask, b0, k) * w[r, k0 + k]
         else:
             for k in range(lane, n, split):
-                acc += src[b, k] * w[r, k0 + k]
+                wk = w[r, k0 + k]
+                a0 += _term(src, mask, use_mask, b0, k) * wk
+                a1 += _term(src, mask, use_mask, r1, k) * wk
+                a2 += _term(src, mask, use_mask, r2, k) * wk
+                a3 += _term(src, mask, use_mask, r3, k) * wk
     if split == 1:
-        return acc
-    part[tid] = acc
+        return a0, a1, a2, a3
+    part[0, tid] = a0
+    part[1, tid] = a1
+    part[2, tid] = a2
+    part[3, tid] = a3
     cuda.syncthreads()
     s = split // 2
     while s > 0:
         if lane < s:
-            part[tid] += part[tid + s]
+            for m in range(RB):
+                part[m, tid] += part[m, tid + s]
         cuda.syncthreads()
         s //= 2
-    return part[tid]
+    return part[0, tid], part[1, tid], part[2, tid], part[3, tid]
 
 
 @cuda.jit(device=True, inline=True)
@@ -163,20 +181,32 @@ def _rounds(items, n):
 
 
 @cuda.jit(device=True, inline=True)
+def _chunk(i, items, blocks, nu, batch):
+    """Item i of a dot-product phase -> (first batch row, rows, gate block, unit offset):
+    items run over (chunk of RB batch rows, gate block, unit), unit fastest; an item past
+    the end maps to the last one (its group computes but stores nothing)."""
+    c, q, u = _item(min(i, items - 1), blocks, nu)
+    b0 = c * RB
+    return b0, min(RB, batch - b0), q, u
+
+
+@cuda.jit(device=True, inline=True)
 def _products(src, mask, use_mask, w, gh, q0, q1, hidden, u0, nu, part):
     """gh[b, q*H + u] = h[b] . W_hh[q*H + u] (h = src times the mask) for this block's
     units u, gate blocks q0..q1-1 and every batch row."""
     batch = gh.shape[0]
     blocks = q1 - q0
-    items = batch * blocks * nu
+    items = (batch + RB - 1) // RB * blocks * nu
     split, g, groups = _rounds(items, hidden)
     for i0 in range(0, items, groups):
         i = i0 + g
-        b, q, u = _item(min(i, items - 1), blocks, nu)
+        b0, nb, q, u = _chunk(i, items, blocks, nu, batch)
         c = (q0 + q) * hidden + u0 + u
-        v = _split_dot(src, b, mask, use_mask, w, c, 0, hidden, split, i < items, part)
+        v = _split_dots(src, b0, nb, mask, use_mask, w, c, 0, hidden, split, i < items, part)
         if i < items and cuda.threadIdx.x % split == 0:
-            gh[b, c] = v
+            for m in range(RB):
+                if m < nb:
+                    gh[b0 + m, c] = v[m]
 
 
 @cuda.jit(device=True, inline=True)
@@ -184,16 +214,18 @@ def _add_recurrent(dh, src, w_t, k0, n, mask, use_mask, lengths, t, u0, nu, part
     """dh[b, u] += (src[b] . W_hh[k0:k0+n, u]) * mask[b, u] (w_t = W_hh^T) on rows active
     at step t, for this block's units u; inactive rows passed their state through."""
     batch = dh.shape[0]
-    items = batch * nu
+    items = (batch + RB - 1) // RB * nu
     split, g, groups = _rounds(items, n)
     for i0 in range(0, items, groups):
         i = i0 + g
-        b, _, u = _item(min(i, items - 1), 1, nu)
+        b0, nb, _, u = _chunk(i, items, 1, nu, batch)
         j = u0 + u
-        active = i < items and t < lengths[b]
-        v = _split_dot(src, b, mask, False, w_t, j, k0, n, split, active, part)
-        if active and cuda.threadIdx.x % split == 0:
-            dh[b, j] += v * mask[b, j] if use_mask else v
+        v = _split_dots(src, b0, nb, mask, False, w_t, j, k0, n, split, i < items, part)
+        if i < items and cuda.threadIdx.x % split == 0:
+            for m in range(RB):
+                b = b0 + m
+                if m < nb and t < lengths[b]:
+                    dh[b, j] += v[m] * mask[b, j] if use_mask else v[m]
 
 
 # --- one cell (batch row b, unit j) of a step: the gate math -----------------------------
@@ -370,16 +402,17 @@ def _reset_grads(dn, w_t, hs, gates, mask, use_mask, dg, dgh, dh, lengths, t, ti
     """reset_after=False: drh = dn @ W_hn (w_t = W_hh^T), then _gru_reset_bwd, for this
     block's units on rows active at step t."""
     batch, hidden = dh.shape
-    items = batch * nu
+    items = (batch + RB - 1) // RB * nu
     split, g, groups = _rounds(items, hidden)
     for i0 in range(0, items, groups):
         i = i0 + g
-        b, _, u = _item(min(i, items - 1), 1, nu)
+        b0, nb, _, u = _chunk(i, items, 1, nu, batch)
         j = u0 + u
-        active = i < items and t < lengths[b]
-        drh = _split_dot(dn, b, mask, False, w_t, j, 2 * hidden, hidden, split, active, part)
-        if active and cuda.threadIdx.x % split == 0:
-            _gru_reset_bwd(drh, hs, gates, mask, dg, dgh, dh, lengths, t, tin, use_mask, b, j)
+        drh = _split_dots(dn, b0, nb, mask, False, w_t, j, 2 * hidden, hidden, split, i < items, part)
+        if i < items and cuda.threadIdx.x % split == 0:
+            for m in range(RB):
+                if m < nb:
+                    _gru_reset_bwd(drh[m], hs, gates, mask, dg, dgh, dh, lengths, t, tin, use_mask, b0 + m, j)
 
 
 # --- the sequence kernels: every step of one layer and direction -------------------------
@@ -389,7 +422,7 @@ def _rnn_seq(xw, w_hh, bias, hs, y, gh, lengths, relu, reverse):
     """Forward over all steps. gh (B, H) scratch."""
     steps, batch, hidden = y.shape
     u0, nu = _my_units(hidden)
-    part = cuda.shared.array(MAX_THREADS, dtype=y.dtype)
+    part = cuda.shared.array((RB, MAX_THREADS), dtype=y.dtype)
     for s in range(steps):
         t, tin, tout = _step(s, steps, reverse, False)
         _products(hs[tin], gh, False, w_hh, gh, 0, 1, hidden, u0, nu, part)
@@ -405,7 +438,7 @@ def _lstm_seq(xw, w_hh, bias, hs, cs, gates, y, gh, lengths, mask, use_mask, rev
     """Forward over all steps. gh (B, 4H) scratch."""
     steps, batch, hidden = y.shape
     u0, nu = _my_units(hidden)
-    part = cuda.shared.array(MAX_THREADS, dtype=y.dtype)
+    part = cuda.shared.array((RB, MAX_THREADS), dtype=y.dtype)
     for s in range(steps):
         t, tin, tout = _step(s, steps, reverse, False)
         _products(hs[tin], mask, use_mask, w_hh, gh, 0, 4, hidden, u0, nu, part)
@@ -425,7 +458,7 @@ def _gru_seq(xw, w_hh, bias, b_ih, b_hh, hs, gates, aux, y, gh, gh_n, rh, length
     every unit's r h: a second grid barrier in the step."""
     steps, batch, hidden = y.shape
     u0, nu = _my_units(hidden)
-    part = cuda.shared.array(MAX_THREADS, dtype=y.dtype)
+    part = cuda.shared.array((RB, MAX_THREADS), dtype=y.dtype)
     h2 = 2 * hidden
     for s in range(steps):
         t, tin, tout = _step(s, steps, reverse, False)
@@ -452,7 +485,7 @@ def _rnn_seq_bwd(dy, dh, hs, dg, w_t, lengths, relu, reverse):
     w_t = W_hh^T."""
     steps, batch, hidden = dy.shape
     u0, nu = _my_units(hidden)
-    part = cuda.shared.array(MAX_THREADS, dtype=dy.dtype)
+    part = cuda.shared.array((RB, MAX_THREADS), dtype=dy.dtype)
     for s in range(steps):
         t, _, tout = _step(s, steps, reverse, True)
         for i in range(cuda.threadIdx.x, batch * nu, cuda.blockDim.x):
@@ -469,7 +502,7 @@ def _lstm_seq_bwd(dy, dh, dc, cs, gates, dg, w_t, lengths, mask, use_mask, rever
     gradients of h0, c0 on return. w_t = W_hh^T."""
     steps, batch, hidden = dy.shape
     u0, nu = _my_units(hidden)
-    part = cuda.shared.array(MAX_THREADS, dtype=dy.dtype)
+    part = cuda.shared.array((RB, MAX_THREADS), dtype=dy.dtype)
     for s in range(steps):
         t, tin, tout = _step(s, steps, reverse, True)
         for i in range(cuda.threadIdx.x, batch * nu, cuda.blockDim.x):
@@ -487,7 +520,7 @@ def _gru_seq_bwd(dy, dh, hs, gates, aux, dg, dgn_h, dgh2, w_t, lengths, mask, us
     step's never overwrites what another block still reads for this one."""
     steps, batch, hidden = dy.shape
     u0, nu = _my_units(hidden)
-    part = cuda.shared.array(MAX_THREADS, dtype=dy.dtype)
+    part = cuda.shared.array((RB, MAX_THREADS), dtype=dy.dtype)
     for s in range(steps):
         t, tin, _ = _step(s, steps, reverse, True)
         dgh = dgh2[s % 2]
@@ -553,13 +586,14 @@ def recurrent_dropout_mask(batch, hidden, p, seed, dtype):
 _SMS = {}       # device id -> multiprocessor count
 
 
-def _sequence_grid(hidden, rows):
-    """(blocks, threads) of a sequence kernel whose widest phase has ``rows`` items per unit
-    (batch rows x gate blocks).
+def _sequence_grid(hidden, gates, batch):
+    """(blocks, threads) of a sequence kernel whose widest dot-product phase covers
+    ``gates`` gate blocks of every unit for every batch row.
 
     One block per multiprocessor at most (all must be resident: a cooperative launch
     refuses more than fit), and never more blocks than units; threads: a warp for each
-    dot product of the block's widest phase, at most MAX_THREADS (see _split)."""
+    dot-product group (RB batch rows of one gate row) of the block's widest phase, at
+    most MAX_THREADS (see _split)."""
     if config.ENABLE_CUDASIM:
         blocks = 1
     else:
@@ -570,15 +604,16 @@ def _sequence_grid(hidden, rows):
         blocks = min(sms, hidden)
     per = (hidden + blocks - 1) // blocks
     blocks = (hidden + per - 1) // per
+    items = gates * ((batch + RB - 1) // RB) * per
     if config.ENABLE_CUDASIM:
-        threads = min(64, 2 * rows * per)     # Python threads: two a dot product, for the tree
+        threads = min(64, 2 * items)     # Python threads: two a dot product, for the tree
     else:
-        threads = min(MAX_THREADS, 32 * rows * per)
+        threads = min(MAX_THREADS, 32 * items)
     return blocks, threads
 
 
-def _launch_sequence(kernel, hidden, rows, *args):
-    blocks, threads = _sequence_grid(hidden, rows)
+def _launch_sequence(kernel, hidden, gates, batch, *args):
+    blocks, threads = _sequence_grid(hidden, gates, batch)
     kernel[blocks, threads](*args)
 
 
@@ -654,8 +689,7 @@ def rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity="tanh", reverse=Fals
     y = empty((steps, batch, hidden), dtype)
     bias = _bias_sum(b_ih, b_hh, hidden, dtype)[0]
     gh = empty((batch, hidden), dtype)
-    _launch_sequence(_rnn_seq, hidden, batch, xw, w_hh, bias, hs, y, gh, d_lengths, relu,
-                     bool(reverse))
+    _launch_sequence(_rnn_seq, hidden, 1, batch, xw, w_hh, bias, hs, y, gh, d_lengths, relu, bool(reverse))
     return y, _final(hs, reverse), hs
 
 
@@ -674,7 +708,7 @@ def rnn_backward(dy, dh_n, x, w_ih, w_hh, hs, nonlinearity="tanh", reverse=False
     d_lengths = cuda.to_device(check_lengths(op, lengths, batch, steps))
     dh = copy(dh_n)
     dg = empty((steps, batch, hidden), dtype)
-    _launch_sequence(_rnn_seq_bwd, hidden, batch, dy, dh, hs, dg, _transposed(w_hh), d_lengths, relu, bool(reverse))
+    _launch_sequence(_rnn_seq_bwd, hidden, 1, batch, dy, dh, hs, dg, _transposed(w_hh), d_lengths, relu, bool(reverse))
     dx, dw_ih, dw_hh, db = _weight_grads(dg, x, w_ih, _recurrent_inputs(hs, reverse, None), need_dx)
     return dx, dh, dw_ih, dw_hh, db, copy(db)
 
@@ -697,7 +731,7 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse=False, lengths=None,
     bias = _bias_sum(b_ih, b_hh, 4 * hidden, dtype)[0]
     gh = empty((batch, 4 * hidden), dtype)
     m, use_mask = _mask_arg(mask, dtype)
-    _launch_sequence(_lstm_seq, hidden, 4 * batch, xw, w_hh, bias, hs, cs, gates, y, gh, d_lengths,
+    _launch_sequence(_lstm_seq, hidden, 4, batch, xw, w_hh, bias, hs, cs, gates, y, gh, d_lengths,
                      m, use_mask, bool(reverse))
     return y, _final(hs, reverse), _final(cs, reverse), hs, cs, gates
 
@@ -719,8 +753,8 @@ def lstm_backward(dy, dh_n, dc_n, x, w_ih, w_hh, hs, cs, gates, reverse=False, l
     dh, dc = copy(dh_n), copy(dc_n)
     dg = empty((steps, batch, 4 * hidden), dtype)
     m, use_mask = _mask_arg(mask, dtype)
-    _launch_sequence(_lstm_seq_bwd, hidden, batch, dy, dh, dc, cs, gates, dg, _transposed(w_hh), d_lengths, m, use_mask,
-                     bool(reverse))
+    _launch_sequence(_lstm_seq_bwd, hidden, 1, batch, dy, dh, dc, cs, gates, dg, _transposed(w_hh), d_lengths, m,
+                     use_mask, bool(reverse))
     dx, dw_ih, dw_hh, db = _weight_grads(dg, x, w_ih, _recurrent_inputs(hs, reverse, mask), need_dx)
     return dx, dh, dc, dw_ih, dw_hh, db, copy(db)
 
@@ -744,7 +778,7 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, reset_after=True, reverse=False, 
     gh = empty((batch, 3 * hidden), dtype)
     gh_n, rh = empty((batch, hidden), dtype), empty((batch, hidden), dtype)
     m, use_mask = _mask_arg(mask, dtype)
-    _launch_sequence(_gru_seq, hidden, 3 * batch, xw, w_hh, bias, b_ih, b_hh, hs, gates, aux, y, gh,
+    _launch_sequence(_gru_seq, hidden, 3, batch, xw, w_hh, bias, b_ih, b_hh, hs, gates, aux, y, gh,
                      gh_n, rh, d_lengths, m, use_mask, bool(reset_after), bool(reverse))
     return y, _final(hs, reverse), hs, gates, aux
 
@@ -770,8 +804,8 @@ def gru_backward(dy, dh_n, x, w_ih, w_hh, hs, gates, aux, reset_after=True, reve
     dgn_h = empty((steps, batch, hidden), dtype)
     dgh2 = empty((2, batch, 3 * hidden), dtype)
     m, use_mask = _mask_arg(mask, dtype)
-    _launch_sequence(_gru_seq_bwd, hidden, batch, dy, dh, hs, gates, aux, dg, dgn_h, dgh2, _transposed(w_hh), d_lengths, m,
-                     use_mask, reset_after, bool(reverse))
+    _launch_sequence(_gru_seq_bwd, hidden, 1, batch, dy, dh, hs, gates, aux, dg, dgn_h, dgh2, _transposed(w_hh),
+                     d_lengths, m, use_mask, reset_after, bool(reverse))
     hrec = _recurrent_inputs(hs, reverse, mask)
     dx, dw_ih, dw_hh, db_ih = _weight_grads(dg, x, w_ih, hrec, need_dx)
     # the n block meets another recurrent operand: h (reset_after) or r * h, and its own bias
