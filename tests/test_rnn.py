@@ -290,22 +290,26 @@ def test_cpu_and_cuda_give_the_same_gradients(rng):
 
 
 
-@pytest.mark.parametrize("shape", [(4, 3, 5, 300), (3, 33, 4, 40)])
-def test_cuda_sequence_kernels_across_blocks_match_the_cpu_kernels(rng, shape):
-    """On a GPU a sequence kernel splits the hidden units between its blocks and each dot
-    product between up to 32 threads; at these sizes blocks own several units, phases take
-    several rounds, and the kernels must still give the cpu kernels' results (float64),
-    forward and backward, for every cell, with lengths, masks and both directions. (The
-    simulator runs one block: the other tests cover it there.)"""
+@pytest.mark.parametrize("shape", [(3, 6, 3, 5), (50, 5, 4, 300), (3, 66, 4, 300)])
+def test_cuda_sequence_kernels_match_the_cpu_kernels(rng, shape):
+    """The CUDA sequence kernels give the cpu kernels' results (float64), forward and
+    backward, for every cell, with lengths, masks and both directions.
+
+    (3, 6, 3, 5): two chunks of batch rows, the second of two (simulator and GPU). On a
+    GPU, where the hidden units are split between blocks (one per multiprocessor):
+    (50, 5, 4, 300), blocks owning several units over 50 grid barriers a direction;
+    (3, 66, 4, 300), phases taking several rounds of dot-product groups."""
     if not nbdl.cuda_available():
         pytest.skip("no CUDA")
     from numba import config, cuda
-    if config.ENABLE_CUDASIM:
-        pytest.skip("a GPU test: the simulator runs a single block")
+    if config.ENABLE_CUDASIM and shape[3] > 5:
+        pytest.skip("a GPU size: the simulator runs one block, one Python thread a GPU thread")
     cpu, gpu = kernels("rnn", "cpu"), kernels("rnn", "cuda")
     steps, batch, inputs, hidden = shape
     lengths = rng.integers(1, steps + 1, batch)
+    lengths[0] = steps
     mask = (rng.random((batch, hidden)) > 0.3) / 0.7
+    active = (np.arange(steps)[:, None] < lengths[None, :])[:, :, None]      # (T, B, 1)
     for cell, gates, kw in (("rnn", 1, dict(nonlinearity="tanh")), ("lstm", 4, dict(mask=mask)),
                             ("gru", 3, dict(mask=mask, reset_after=True)),
                             ("gru", 3, dict(mask=mask, reset_after=False))):
@@ -318,10 +322,14 @@ def test_cuda_sequence_kernels_across_blocks_match_the_cpu_kernels(rng, shape):
             args = (x, *states, *w, *b)
             opts = dict(kw, reverse=reverse, lengths=lengths)
             ref = getattr(cpu, cell + "_forward")(*args, **opts)
-            out = getattr(gpu, cell + "_forward")(*[cuda.to_device(a) for a in args], **opts)
-            # y, the final states and the saved states (gates are unset on inactive steps)
-            for r, o in list(zip(ref, out))[:2 * len(states) + 1]:
-                np.testing.assert_allclose(o.copy_to_host(), r, rtol=1e-10, atol=1e-12)
+            out = [o.copy_to_host() for o in getattr(gpu, cell + "_forward")(*[cuda.to_device(a) for a in args],
+                                                                              **opts)]
+            n_states = 2 * len(states) + 1       # y, the final states and the saved states
+            for r, o in zip(ref[:n_states], out[:n_states]):
+                np.testing.assert_allclose(o, r, rtol=1e-10, atol=1e-12)
+            for r, o in zip(ref[n_states:], out[n_states:]):        # gates, aux: set on active steps
+                np.testing.assert_allclose(np.where(active, o, 0.0), np.where(active, r, 0.0), rtol=1e-10,
+                                           atol=1e-12)
             dy = rng.standard_normal((steps, batch, hidden))
             d_states = tuple(rng.standard_normal((batch, hidden)) for _ in states)
             back = (dy, *d_states, x, *w, *ref[len(states) + 1:])

@@ -19,7 +19,9 @@ GEMM each over all T*B rows afterwards.
 
 Why one launch: a launch from Python costs tens of microseconds, more than a
 small step's arithmetic, so a loop of per-step launches is bound by them.
-Every sum is taken in a fixed order, so results are the same bits on every run.
+Every sum is taken in a fixed order, so results are the same bits on every run on
+one device (how a sum is split depends on the block size, so on the device's
+multiprocessor count).
 The grid barrier needs a cooperative launch, which guarantees that all blocks are
 resident at once; the simulator supports it for one block only, so it runs one
 block there.
@@ -183,8 +185,9 @@ def _rounds(items, n):
 @cuda.jit(device=True, inline=True)
 def _chunk(i, items, blocks, nu, batch):
     """Item i of a dot-product phase -> (first batch row, rows, gate block, unit offset):
-    items run over (chunk of RB batch rows, gate block, unit), unit fastest; an item past
-    the end maps to the last one (its group computes but stores nothing)."""
+    items run over (chunk of RB batch rows, gate block, unit), unit fastest. An item past
+    the end maps to the last one: its group only joins the tree (inactive, it reads and
+    stores nothing)."""
     c, q, u = _item(min(i, items - 1), blocks, nu)
     b0 = c * RB
     return b0, min(RB, batch - b0), q, u
@@ -425,7 +428,7 @@ def _rnn_seq(xw, w_hh, bias, hs, y, gh, lengths, relu, reverse):
     part = cuda.shared.array((RB, MAX_THREADS), dtype=y.dtype)
     for s in range(steps):
         t, tin, tout = _step(s, steps, reverse, False)
-        _products(hs[tin], gh, False, w_hh, gh, 0, 1, hidden, u0, nu, part)
+        _products(hs[tin], gh, False, w_hh, gh, 0, 1, hidden, u0, nu, part)    # no mask: gh stands in, unread
         cuda.syncthreads()
         for i in range(cuda.threadIdx.x, batch * nu, cuda.blockDim.x):
             b, _, u = _item(i, 1, nu)
@@ -492,7 +495,7 @@ def _rnn_seq_bwd(dy, dh, hs, dg, w_t, lengths, relu, reverse):
             b, _, u = _item(i, 1, nu)
             _rnn_cell_bwd(dy, dh, hs, dg, lengths, t, tout, relu, b, u0 + u)
         _grid_sync()
-        _add_recurrent(dh, dg[t], w_t, 0, hidden, dh, False, lengths, t, u0, nu, part)
+        _add_recurrent(dh, dg[t], w_t, 0, hidden, dh, False, lengths, t, u0, nu, part)  # no mask: dh, unread
         cuda.syncthreads()
 
 
@@ -778,8 +781,10 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, reset_after=True, reverse=False, 
     gh = empty((batch, 3 * hidden), dtype)
     gh_n, rh = empty((batch, hidden), dtype), empty((batch, hidden), dtype)
     m, use_mask = _mask_arg(mask, dtype)
-    _launch_sequence(_gru_seq, hidden, 3, batch, xw, w_hh, bias, b_ih, b_hh, hs, gates, aux, y, gh,
-                     gh_n, rh, d_lengths, m, use_mask, bool(reset_after), bool(reverse))
+    reset_after = bool(reset_after)
+    widest = 3 if reset_after else 2       # gate blocks of the step's first product
+    _launch_sequence(_gru_seq, hidden, widest, batch, xw, w_hh, bias, b_ih, b_hh, hs, gates, aux, y, gh, gh_n, rh,
+                     d_lengths, m, use_mask, reset_after, bool(reverse))
     return y, _final(hs, reverse), hs, gates, aux
 
 
