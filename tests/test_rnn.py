@@ -289,7 +289,6 @@ def test_cpu_and_cuda_give_the_same_gradients(rng):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13)
 
 
-
 @pytest.mark.parametrize("shape", [(3, 6, 3, 5), (50, 5, 4, 300), (3, 66, 4, 300)])
 def test_cuda_sequence_kernels_match_the_cpu_kernels(rng, shape):
     """The CUDA sequence kernels give the cpu kernels' results (float64), forward and
@@ -337,6 +336,7 @@ def test_cuda_sequence_kernels_match_the_cpu_kernels(rng, shape):
             out_g = getattr(gpu, cell + "_backward")(*[cuda.to_device(a) for a in back], **opts)
             for r, o in zip(ref_g, out_g):
                 np.testing.assert_allclose(o.copy_to_host(), r, rtol=1e-10, atol=1e-11)
+
 
 # --- lengths, recurrent dropout -----------------------------------------------------------
 

@@ -105,7 +105,8 @@ def _step(s, steps, reverse, backward):
 
 @cuda.jit(device=True, inline=True)
 def _item(i, blocks, nu):
-    """Item i of a phase over (batch row, gate block q, unit): (b, q, unit offset), unit fastest."""
+    """Item i of a phase over (outer index, gate block q, unit) -> (outer index, q, unit
+    offset), unit fastest; the outer index is a batch row, or a chunk of them (_chunk)."""
     per_row = blocks * nu
     b = i // per_row
     r = i - b * per_row
@@ -589,6 +590,14 @@ def recurrent_dropout_mask(batch, hidden, p, seed, dtype):
 _SMS = {}       # device id -> multiprocessor count
 
 
+def _multiprocessors():
+    """The current device's multiprocessor count (asked once per device)."""
+    dev = cuda.get_current_device()
+    if dev.id not in _SMS:
+        _SMS[dev.id] = dev.MULTIPROCESSOR_COUNT
+    return _SMS[dev.id]
+
+
 def _sequence_grid(hidden, gates, batch):
     """(blocks, threads) of a sequence kernel whose widest dot-product phase covers
     ``gates`` gate blocks of every unit for every batch row.
@@ -596,23 +605,14 @@ def _sequence_grid(hidden, gates, batch):
     One block per multiprocessor at most (all must be resident: a cooperative launch
     refuses more than fit), and never more blocks than units; threads: a warp for each
     dot-product group (RB batch rows of one gate row) of the block's widest phase, at
-    most MAX_THREADS (see _split)."""
-    if config.ENABLE_CUDASIM:
-        blocks = 1
-    else:
-        dev = cuda.get_current_device()
-        sms = _SMS.get(dev.id)
-        if sms is None:
-            sms = _SMS[dev.id] = dev.MULTIPROCESSOR_COUNT
-        blocks = min(sms, hidden)
+    most MAX_THREADS (see _split). The simulator runs one block, and two threads a
+    group: its threads are Python threads."""
+    sim = config.ENABLE_CUDASIM
+    blocks = 1 if sim else min(_multiprocessors(), hidden)
     per = (hidden + blocks - 1) // blocks
     blocks = (hidden + per - 1) // per
     items = gates * ((batch + RB - 1) // RB) * per
-    if config.ENABLE_CUDASIM:
-        threads = min(64, 2 * items)     # Python threads: two a dot product, for the tree
-    else:
-        threads = min(MAX_THREADS, 32 * items)
-    return blocks, threads
+    return blocks, (min(64, 2 * items) if sim else min(MAX_THREADS, 32 * items))
 
 
 def _launch_sequence(kernel, hidden, gates, batch, *args):
